@@ -1,0 +1,46 @@
+"""Input checks that run before any work starts, with messages that name what is wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class InputError(ValueError):
+    """Bad user input (image, labels, model/data mismatch). The message is meant for the user."""
+
+
+def check_image(image: torch.Tensor | np.ndarray, spatial_dims: int, in_channels: int,
+                name: str = "image") -> None:
+    """A batch (B, Cin, *spatial) of finite, non-empty, non-constant images."""
+    shape = tuple(image.shape)
+    if len(shape) != spatial_dims + 2:
+        raise InputError(
+            f"{name} has shape {shape}: a {spatial_dims}D model needs (batch, channels, "
+            f"{', '.join('HWD'[:spatial_dims])}) with {spatial_dims + 2} dimensions")
+    if shape[1] != in_channels:
+        raise InputError(f"{name} has {shape[1]} channel(s) but the model expects {in_channels}")
+    if any(s == 0 for s in shape):
+        raise InputError(f"{name} is empty (shape {shape})")
+    t = torch.as_tensor(image)
+    if not torch.is_floating_point(t):
+        t = t.float()
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        raise InputError(f"{name} has {int(bad.sum())} NaN or infinite voxel(s)")
+    flat = t.reshape(shape[0], shape[1], -1)
+    constant = (flat.amax(-1) == flat.amin(-1))
+    if bool(constant.all(dim=1).any()):
+        b = int(constant.all(dim=1).nonzero()[0, 0])
+        raise InputError(f"{name} {b} is constant (every voxel {float(flat[b, 0, 0]):g}): nothing to segment")
+
+
+def check_labels(labels: torch.Tensor | np.ndarray, num_classes: int, name: str = "labels") -> None:
+    """Integer labels in 0..num_classes-1."""
+    t = torch.as_tensor(labels)
+    if torch.is_floating_point(t) and not bool((t == t.round()).all()):
+        raise InputError(f"{name} must hold integer class indices")
+    lo, hi = int(t.min()), int(t.max())
+    if lo < 0 or hi >= num_classes:
+        raise InputError(f"{name} hold values {lo}..{hi} but the model has {num_classes} classes "
+                         f"(0..{num_classes - 1})")
