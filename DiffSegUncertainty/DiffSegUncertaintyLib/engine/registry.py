@@ -6,6 +6,7 @@ Each method module (pgrd, hsrdiff) exposes ``PRESETS: dict[str, dict]`` and
 
 from __future__ import annotations
 
+import copy
 import importlib
 from typing import Any
 
@@ -21,8 +22,8 @@ def _module(method: str):
 
 
 def presets(method: str) -> dict[str, dict[str, Any]]:
-    """The named presets of a method (copies, safe to modify)."""
-    return {k: dict(v) for k, v in _module(method).PRESETS.items()}
+    """The named presets of a method (deep copies, safe to modify)."""
+    return copy.deepcopy(_module(method).PRESETS)
 
 
 def preset_config(method: str, preset: str, **overrides: Any) -> dict[str, Any]:
