@@ -1,0 +1,212 @@
+"""``diffseg evaluate``: data checks, the oracle anchors through the whole path, reports, the command."""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from DiffSegUncertaintyLib.engine import evaluation, modelfile, registry
+from DiffSegUncertaintyLib.engine.checks import InputError
+
+REPO = Path(__file__).resolve().parents[2]
+LIDC = Path(os.environ.get("DIFFSEG_LIDC", REPO.parent / "shared" / "data" / "lidc128"))
+SCALE = {"kind": "scale", "input_range": [0, 255], "output_range": [0.0, 1.0]}
+
+
+def _set(n=4, size=16, readers=4, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+    masks = np.zeros((n, readers, size, size), np.uint8)
+    for i in range(n):
+        for a in range(readers):
+            if (i + a) % 3:  # some empty readings, as in LIDC
+                r0, c0 = rng.integers(2, size // 2, 2)
+                masks[i, a, r0:r0 + size // 3 + a, c0:c0 + size // 3] = 1
+    return images, masks
+
+
+def _npz(path, images, masks, **extra):
+    np.savez(path, images=images, masks=masks, **extra)
+    return path
+
+
+def _onehot(labels, c=2):
+    return np.moveaxis(np.eye(c, dtype=np.float32)[labels], -1, -3)  # (..., M, *S) -> (..., M, C, *S)
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+def test_load_multireader_npz_round_trip(tmp_path):
+    images, masks = _set()
+    path = _npz(tmp_path / "d.npz", images, masks, patient=np.array(["a", "a", "b", "b"]),
+                nodule=np.array([0, 0, 1, 1], np.int16), slice=np.array([3, 4, 0, 1], np.int16))
+    data = evaluation.load_multireader_npz(path)
+    assert np.array_equal(data.images, images) and np.array_equal(data.masks, masks)
+    assert data.item_id(3) == "b-n1-s1" and len(data.head(2)) == 2
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"images": np.zeros((2, 8, 8), np.uint8)}, "lacks the array"),
+    ({"images": np.zeros((2, 8), np.uint8), "masks": np.zeros((2, 4, 8, 8), np.uint8)}, "images have shape"),
+    ({"images": np.zeros((2, 8, 8), np.uint8), "masks": np.zeros((2, 8, 8), np.uint8)}, "masks have shape"),
+    ({"images": np.zeros((2, 8, 8), np.uint8), "masks": np.zeros((3, 4, 8, 8), np.uint8)}, "do not match"),
+    ({"images": np.zeros((2, 8, 8), np.uint8), "masks": np.zeros((2, 4, 8, 8), np.float32)}, "dtype"),
+    ({"images": np.zeros((2, 8, 8), np.uint8), "masks": np.zeros((2, 4, 8, 8), np.uint8),
+      "slice": np.zeros(3)}, "slice has shape"),
+])
+def test_load_multireader_npz_names_the_problem(tmp_path, arrays, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(InputError, match=message):
+        evaluation.load_multireader_npz(tmp_path / "bad.npz")
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        evaluation.load_multireader_npz(tmp_path / "none.npz")
+    (tmp_path / "x.npz").write_text("not a zip")
+    with pytest.raises(InputError, match="cannot read"):
+        evaluation.load_multireader_npz(tmp_path / "x.npz")
+
+
+@pytest.mark.skipif(not (LIDC / "val.npz").exists(), reason=f"LIDC not found at {LIDC} (set DIFFSEG_LIDC)")
+def test_lidc_val_loads():
+    data = evaluation.load_multireader_npz(LIDC / "val.npz")
+    assert data.images.dtype == np.uint8 and data.images.shape[1:] == (128, 128)
+    assert data.masks.shape == (len(data), 4, 128, 128) and data.patient is not None
+
+
+# -- scoring: oracle anchors -----------------------------------------------------------------------
+
+class Oracle:
+    """Returns the annotations themselves as the hypotheses (one-hot probabilities), in order."""
+
+    def __init__(self, masks, single=False):
+        self.masks, self.single, self.next = masks, single, 0
+
+    def __call__(self, images, m):
+        ann = self.masks[self.next:self.next + len(images)]
+        self.next += len(images)
+        idx = np.zeros(m, int) if self.single else np.arange(m) % ann.shape[1]
+        return torch.from_numpy(_onehot(ann[:, idx]))
+
+
+def test_oracle_gives_ged_zero_and_hm_iou_one_through_the_report(tmp_path):
+    images, masks = _set(n=5)
+    res = evaluation.evaluate_predictor(Oracle(masks), images, masks, num_samples=4, batch_size=2)
+    s = res["summary"]
+    assert s["ged"][0] == pytest.approx(0.0, abs=1e-12) and s["hm_iou"][0] == pytest.approx(1.0)
+    assert s["mdm"][0] == pytest.approx(1.0) and len(res["per_image"]) == 5
+    jpath, tpath = evaluation.write_report(res, tmp_path / "out", "oracle", {"data": "synthetic"})
+    doc = json.loads(jpath.read_text())
+    assert doc["summary"]["hm_iou"]["mean"] == pytest.approx(1.0) and len(doc["per_image"]) == 5
+    assert doc["conventions"]["empty"] == "one" and doc["conventions"]["reference"] == "each"
+    table = tpath.read_text()
+    assert "| oracle | 0.000 ± 0.000 | 1.000 ± 0.000 | 1.000 ± 0.000 |" in table
+    assert "GED_4" in table and "Empty masks" in table and "ECE background: included" in table
+
+
+def test_single_annotation_sampler_has_no_diversity_and_worse_ged():
+    images, masks = _set(n=3)
+    res = evaluation.evaluate_predictor(Oracle(masks, single=True), images, masks, 4, batch_size=3)
+    assert res["summary"]["diversity"][0] == 0.0
+    assert res["summary"]["ged"][0] > 0.05
+
+
+def test_predictor_shape_is_checked_and_progress_called():
+    images, masks = _set(n=2)
+    calls = []
+    with pytest.raises(InputError, match="expected"):
+        evaluation.evaluate_predictor(lambda x, m: torch.zeros(len(x), m + 1, 2, 16, 16), images, masks, 2)
+    evaluation.evaluate_predictor(Oracle(masks), images, masks, 4, 1, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(1, 2), (2, 2)]
+
+
+def test_conventions_switches_reach_the_metrics():
+    images, masks = _set(n=3)
+    masks[:, :, :, :] = 0  # every reading empty: IoU(empty, empty) decides everything
+    pred = lambda x, m: torch.from_numpy(_onehot(np.zeros((len(x), m, 16, 16), int)))  # noqa: E731
+    one = evaluation.evaluate_predictor(pred, images, masks, 2, 3, empty="one")["summary"]
+    zero = evaluation.evaluate_predictor(pred, images, masks, 2, 3, empty="zero")["summary"]
+    assert one["hm_iou"][0] == 1.0 and zero["hm_iou"][0] == 0.0
+
+
+def test_format_table_several_methods_and_nan():
+    s = {"ged": (0.25, 0.01), "hm_iou": (0.6, 0.02), "dice": (0.8, 0.1), "nll": (0.042, 0.01),
+         "ece": (0.002, 0.001), "miou": (float("nan"), float("nan"))}
+    t = evaluation.format_table({"A": s, "B": s}, {"num_samples": 16, "reference": "soft"})
+    assert "| A | 0.250 ± 0.010 | 0.600 ± 0.020 | - | - | n/a |" in t
+    assert "| B | 80.00 ± 10.00 | 4.20 ± 1.00 | 0.20 ± 0.10 |" in t
+    assert "soft label" in t and "GED_16" in t
+
+
+def test_card_preprocessing_forms():
+    assert evaluation.card_preprocessing(SCALE) == {"kind": "scale", "scale": 1 / 255, "offset": 0.0}
+    w = {"kind": "window", "lower": -1000, "upper": 400}
+    assert evaluation.card_preprocessing([w]) == [w]
+
+
+# -- diffusion models --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = registry.preset_config("hsrdiff", "tiny", schedule={"kind": "linear", "T": 20, "scale_to_T": True})
+    model = registry.build_model("hsrdiff", cfg)
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    modelfile.save_model(model, folder, name="hsrdiff-tiny-test", method="hsrdiff", preset="tiny",
+                         sampling={"method": "ddim", "steps": 2}, inputs={
+                             "channels": [{"name": "CT", "modality": "CT"}], "size": [16, 16],
+                             "preprocessing": SCALE}, classes=["background", "nodule"])
+    return folder
+
+
+def test_predictor_from_model_seeds_batches_and_resizes(tiny_model):
+    model, card = modelfile.load_model(tiny_model)
+    images, _ = _set(n=3, size=32)
+    pred = evaluation.predictor_from_model(model, card, seed=1)
+    p = pred(images, 3)
+    assert p.shape == (3, 3, 2, 32, 32)  # resized to 16 for the model and back to the data's grid
+    assert torch.allclose(p.sum(2), torch.ones(3, 3, 32, 32), atol=1e-5)
+    assert len(pred.timesteps) == 2  # the card's sampler: DDIM, 2 steps
+    again = evaluation.predictor_from_model(model, card, seed=1, batch_size=2)
+    assert torch.allclose(again(images[1:2], 3)[0], p[1], atol=1e-5)  # per-hypothesis seeds: batching is invisible
+    other = evaluation.predictor_from_model(model, card, seed=2)(images, 3)
+    assert not torch.allclose(other, p)
+    small, _ = _set(n=2, size=16)  # on the card's grid: no resize; p = softmax(y0 / tau_out) over classes
+    from DiffSegUncertaintyLib.engine.sampler import sample
+    y0 = sample(model, pred.prepare(small), 3, pred.config, seed=1).y0
+    assert torch.allclose(pred(small, 3), torch.softmax(y0 / model.tau_out, dim=2), atol=1e-6)
+    x = pred.prepare(images[:1])
+    assert x.shape == (1, 1, 16, 16) and float(x.max()) <= 1.0  # card preprocessing: x / 255
+
+
+def test_evaluate_command_writes_json_and_table(tiny_model, tmp_path, capsys):
+    images, masks = _set(n=5)
+    data = _npz(tmp_path / "held_out.npz", images, masks)
+    parser = evaluation.configure_parser(argparse.ArgumentParser())
+    args = parser.parse_args(["--model", str(tiny_model), "--data", str(data), "--samples", "2", "--steps", "1",
+                              "--sampler", "ddpm", "--max-images", "3", "--batch-size", "4",
+                              "--output", str(tmp_path / "out")])
+    assert evaluation.run(args) == 0
+    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert doc["num_images"] == 3 and doc["num_samples"] == 2 and len(doc["per_image"]) == 3
+    assert doc["sampler"] == "ddpm" and doc["steps"] == 1 and doc["model"] == "hsrdiff-tiny-test"
+    assert set(doc["summary"]) >= {"ged", "hm_iou", "mdm", "diversity", "dice", "nll", "ece", "miou"}
+    assert "GED_2" in (tmp_path / "out" / "table.md").read_text()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_evaluate_command_bad_input_exit_2(tiny_model, tmp_path, capsys):
+    images, masks = _set(n=2)
+    masks[0, 0, 0, 0] = 3  # a label the 2-class model cannot have
+    data = _npz(tmp_path / "d.npz", images, masks)
+    parser = evaluation.configure_parser(argparse.ArgumentParser())
+    args = parser.parse_args(["--model", str(tiny_model), "--data", str(data), "--output", str(tmp_path / "o")])
+    assert evaluation.run(args) == 2
+    assert "classes" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    args = parser.parse_args(["--model", str(tmp_path / "nope"), "--data", str(data), "--output", str(tmp_path / "o")])
+    assert evaluation.run(args) == 2

@@ -1,0 +1,99 @@
+"""Figures: the numbers behind each PNG are the engine's, and each command writes its files."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from DiffSegUncertaintyLib.engine import metrics, modelfile, registry
+from training import figures
+
+SCALE = {"kind": "scale", "input_range": [0, 255], "output_range": [0.0, 1.0]}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = registry.preset_config("hsrdiff", "tiny", schedule={"kind": "linear", "T": 20, "scale_to_T": True})
+    model = registry.build_model("hsrdiff", cfg)
+    folder = tmp_path_factory.mktemp("models") / "hsr"
+    modelfile.save_model(model, folder, name="hsr-tiny", method="hsrdiff", preset="tiny",
+                         sampling={"method": "ddpm", "steps": None},
+                         inputs={"channels": [{"name": "CT", "modality": "CT"}], "size": [16, 16],
+                                 "preprocessing": SCALE}, classes=["background", "nodule"])
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 16, 16), dtype=np.uint8)
+    masks = np.zeros((3, 4, 16, 16), np.uint8)
+    masks[:, 1:, 4:10, 5:11] = 1
+    data = tmp_path_factory.mktemp("data") / "d.npz"
+    np.savez(data, images=images, masks=masks)
+    return folder, data, images, masks
+
+
+def test_steps_sweep_and_plot(tiny, tmp_path):
+    folder, _, images, masks = tiny
+    model, card = modelfile.load_model(folder)
+    sweep = figures.steps_sweep({"hsr": (model, card)}, images, masks, [1, 3, 50], num_samples=2,
+                                sampler="ddim")
+    row = sweep["hsr"]
+    assert row["steps"] == [1, 3]  # 50 > T = 20 is skipped
+    assert all(0 <= d[0] <= 1 for d in row["dice"]) and len(row["ged"]) == 2
+    out = figures.plot_steps(sweep, tmp_path / "steps.png", 2)
+    assert out.stat().st_size > 1000
+    assert json.loads(out.with_suffix(".json").read_text())["curves"]["hsr"]["steps"] == [1, 3]
+
+
+def test_kappa_from_sampler_extras(tiny, tmp_path):
+    folder, _, images, _ = tiny
+    model, card = modelfile.load_model(folder)
+    ts, kappa = figures.kappa_trace(model, card, images[:2], num_samples=3, steps=4, sampler="ddim")
+    assert kappa.shape == (2, 3, 4) and len(ts) == 4 and ts == sorted(ts, reverse=True)
+    assert np.all((kappa >= 0) & (kappa <= 1))
+    out = figures.plot_kappa(ts, kappa, tmp_path / "kappa.png", ["a", "b"], T=20)
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert np.allclose(doc["kappa_mean"], kappa.mean(1))
+    with pytest.raises(ValueError, match="steps"):
+        figures.plot_kappa(ts[:2], kappa, tmp_path / "bad.png")
+
+
+def test_case_maps_match_uncertainty_of_the_probabilities(tmp_path):
+    p_fg = np.zeros((4, 8, 8))
+    p_fg[:2, 2:5, 2:5] = 0.9  # two of four hypotheses see a square
+    probs = np.stack([1 - p_fg, p_fg], axis=1)
+    maps = figures.case_maps(probs)
+    assert (maps["labels"][:2, 3, 3] == 1).all() and (maps["labels"][2:] == 0).all()
+    assert maps["entropy"][3, 3] == pytest.approx(-(0.45 * np.log(0.45) + 0.55 * np.log(0.55)), abs=1e-5)
+    assert maps["entropy"][0, 0] == pytest.approx(0.0, abs=1e-5)
+    readings = np.zeros((4, 8, 8), np.uint8)
+    readings[0, 1:4, 1:4] = 1
+    out = figures.plot_case(np.random.default_rng(0).random((8, 8)), readings, probs, tmp_path / "case.png")
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert doc["foreground_voxels"] == [9, 9, 0, 0] and doc["reading_voxels"] == [9, 0, 0, 0]
+
+
+def test_reliability_bins_add_up_to_metrics_ece(tmp_path):
+    rng = np.random.default_rng(1)
+    fg = rng.random((3, 10, 10))
+    p = np.stack([1 - fg, fg], axis=1)
+    labels = (rng.random((3, 10, 10)) < fg ** 2).astype(int)  # miscalibrated on purpose
+    bins = figures.reliability_bins(p, labels)
+    count = np.asarray(bins["count"])
+    acc, conf = np.nan_to_num(bins["accuracy"]), np.nan_to_num(bins["confidence"])
+    ece_from_bins = float((count / count.sum() * np.abs(acc - conf)).sum())
+    pooled = np.moveaxis(p, 1, 0).reshape(2, -1)
+    assert ece_from_bins == pytest.approx(metrics.ece(pooled, labels.reshape(-1)), rel=1e-9)
+    assert ece_from_bins > 0.02
+    out = figures.plot_reliability(p, labels, tmp_path / "rel.png", "x")
+    assert json.loads(out.with_suffix(".json").read_text())["ece"] == pytest.approx(ece_from_bins)
+
+
+@pytest.mark.parametrize("argv", [["case", "--index", "1"], ["reliability", "--max-images", "2"]])
+def test_command_line(tiny, tmp_path, argv, capsys):
+    folder, data, _, _ = tiny
+    out = tmp_path / "fig.png"
+    rc = figures.main(argv + ["--model", str(folder), "--data", str(data), "--samples", "2", "--steps", "2",
+                              "--sampler", "ddim", "--out", str(out)])
+    assert rc == 0 and out.exists() and out.with_suffix(".json").exists()
+    assert figures.main(["case", "--model", str(folder), "--data", str(tmp_path / "none.npz"),
+                         "--out", str(out)]) == 2

@@ -1,0 +1,294 @@
+"""The papers' figures, remade from our models: ``python -m training.figures {steps,kappa,case,reliability}``.
+
+- ``steps``: DSC and GED against the number of sampling steps, one line per model (PGRD Fig. 3 plots
+  DSC against S for PGRD, its ablations and DDPM; GED is added since HSRDiff is judged on it).
+- ``kappa``: HSRDiff's self-regulating kappa against the diffusion step t (HSRDiff Fig. 6), read from
+  the sampler's extras (``SampleResult.extras["kappa"]``, (B, M, steps)).
+- ``case``: the image, the readings, N hypotheses, mean probability and predictive entropy
+  (HSRDiff Figs. 3-4 and its entropy maps, Appendix D.1).
+- ``reliability``: a reliability diagram of the fused probability p_bar (the bins of ECE).
+
+Every number comes from the engine: ``evaluation.evaluate_predictor`` (hence ``metrics.score_image``),
+``uncertainty.summarize`` for the maps, ``metrics.ece`` for the ECE in the diagram's title. Each
+figure is also written as JSON beside the PNG so a plot can be redrawn or checked without a model.
+Matplotlib runs with the Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from DiffSegUncertaintyLib.engine import metrics  # noqa: E402
+from DiffSegUncertaintyLib.engine.checks import InputError  # noqa: E402
+from DiffSegUncertaintyLib.engine.evaluation import (  # noqa: E402
+    evaluate_predictor, load_multireader_npz, predictor_from_model, sampler_config_from_card)
+from DiffSegUncertaintyLib.engine.sampler import sample  # noqa: E402
+from DiffSegUncertaintyLib.engine.uncertainty import summarize  # noqa: E402
+
+Predict = Callable[[np.ndarray, int], Any]
+
+
+def _save(fig: plt.Figure, path: str | Path, data: Mapping[str, Any] | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    if data is not None:
+        path.with_suffix(".json").write_text(json.dumps(data, indent=2, default=float) + "\n")
+    return path
+
+
+# -- DSC / GED against sampling steps (PGRD Fig. 3) ------------------------------------------------
+
+def steps_sweep(models: Mapping[str, tuple[Any, Mapping[str, Any]]], images: np.ndarray,
+                annotations: np.ndarray, steps: Sequence[int], num_samples: int = 4, seed: int = 0,
+                sampler: str | None = None, batch_size: int | None = None) -> dict[str, dict[str, list]]:
+    """For each model (name -> (model, card)) and step count: DSC and GED (mean, std over images),
+    through ``evaluate_predictor``; a step count above a model's T is skipped."""
+    out: dict[str, dict[str, list]] = {}
+    for name, (model, card) in models.items():
+        row: dict[str, list] = {"steps": [], "dice": [], "ged": [], "hm_iou": []}
+        for s in steps:
+            if int(s) > model.schedule.T:
+                continue
+            cfg = sampler_config_from_card(card, steps=int(s), method=sampler)
+            pred = predictor_from_model(model, card, cfg, seed, batch_size=batch_size)
+            res = evaluate_predictor(pred, images, annotations, num_samples, batch_size=len(images))
+            row["steps"].append(int(s))
+            for k in ("dice", "ged", "hm_iou"):
+                row[k].append(list(res["summary"][k]))
+        out[name] = row
+    return out
+
+
+def plot_steps(sweep: Mapping[str, Mapping[str, list]], path: str | Path, num_samples: int | None = None) -> Path:
+    """Two panels, DSC (%) and GED against steps; mean over images, band = standard error."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for name, row in sweep.items():
+        s = np.asarray(row["steps"])
+        for ax, key, scale in ((axes[0], "dice", 100.0), (axes[1], "ged", 1.0)):
+            v = np.asarray(row[key], dtype=float).reshape(-1, 2)
+            n = max(1, int(row.get("num_images", 1)))
+            ax.plot(s, v[:, 0] * scale, marker="o", label=name)
+            ax.fill_between(s, (v[:, 0] - v[:, 1] / np.sqrt(n)) * scale, (v[:, 0] + v[:, 1] / np.sqrt(n)) * scale,
+                            alpha=0.15)
+    sub = f"$_{{{num_samples}}}$" if num_samples else ""
+    axes[0].set(xlabel="sampling steps S", ylabel="DSC (%)", title="DSC vs steps (PGRD Fig. 3)")
+    axes[1].set(xlabel="sampling steps S", ylabel=f"GED{sub}", title="GED vs steps")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _save(fig, path, {"num_samples": num_samples, "curves": sweep})
+
+
+# -- kappa against t (HSRDiff Fig. 6) -------------------------------------------------------------
+
+def kappa_trace(model: Any, card: Mapping[str, Any], images: np.ndarray, num_samples: int = 4, seed: int = 0,
+                steps: int | None = None, sampler: str | None = None) -> tuple[list[int], np.ndarray]:
+    """Timesteps (descending, as walked) and kappa (B, M, steps) from the sampler's extras."""
+    cfg = sampler_config_from_card(card, steps=steps, method=sampler)
+    pred = predictor_from_model(model, card, cfg, seed)
+    res = sample(model, pred.prepare(images), num_samples, cfg, seed=seed)
+    if "kappa" not in res.extras:
+        raise InputError(f"model {card.get('name', '?')} reports no kappa (only HSRDiff with a learned "
+                         "or fixed kappa does)")
+    return list(res.timesteps), res.extras["kappa"].numpy()
+
+
+def plot_kappa(timesteps: Sequence[int], kappa: np.ndarray, path: str | Path,
+               labels: Sequence[str] | None = None, T: int | None = None) -> Path:
+    """kappa against t (0..T left to right, 0..1 bottom to top, as Fig. 6): per image the mean over
+    hypotheses, band = min..max over hypotheses."""
+    kappa = np.asarray(kappa, dtype=float)
+    if kappa.ndim != 3 or kappa.shape[2] != len(timesteps):
+        raise ValueError(f"kappa must be (B, M, steps={len(timesteps)}), got {kappa.shape}")
+    t = np.asarray(timesteps)
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for b in range(kappa.shape[0]):
+        name = labels[b] if labels is not None else f"image {b}"
+        ax.plot(t, kappa[b].mean(0), label=name)
+        ax.fill_between(t, kappa[b].min(0), kappa[b].max(0), alpha=0.15)
+    ax.set(xlim=(0, T or int(t.max())), ylim=(0, 1), xlabel="diffusion step t",
+           ylabel=r"$\kappa_\phi$ (weight of the $x_0$ path)", title=r"$\kappa_\phi$ vs t (HSRDiff Fig. 6)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path, {"timesteps": list(map(int, t)), "kappa_mean": kappa.mean(1).tolist(),
+                             "kappa_min": kappa.min(1).tolist(), "kappa_max": kappa.max(1).tolist()})
+
+
+# -- a case: image, readings, hypotheses, entropy (HSRDiff Figs. 3-4) ------------------------------
+
+def case_maps(probabilities: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
+    """Hypothesis labels, mean probability and entropies of one image's (M, C, *S) probabilities via
+    ``uncertainty.summarize`` (fed log p with tau_out = 1, whose softmax is p again)."""
+    p = torch.as_tensor(np.asarray(probabilities), dtype=torch.float32)
+    maps = summarize(torch.log(p.clamp_min(1e-12)), tau_out=1.0)
+    return {"labels": maps.labels.numpy(), "mean_probability": maps.mean_probability.numpy(),
+            "entropy": maps.predictive_entropy.numpy(), "mutual_information": maps.mutual_information.numpy()}
+
+
+def plot_case(image: np.ndarray, readings: np.ndarray, probabilities: np.ndarray | torch.Tensor, path: str | Path,
+              title: str = "", max_hypotheses: int = 8) -> Path:
+    """Row 1: image and the readings; row 2: hypotheses (contours on the image); row 3: mean
+    foreground probability and predictive entropy (nats)."""
+    maps = case_maps(probabilities)
+    hyp = maps["labels"][:max_hypotheses]
+    ncol = max(1 + len(readings), len(hyp), 2)
+    fig, axes = plt.subplots(3, ncol, figsize=(1.7 * ncol, 5.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+
+    def show(ax: plt.Axes, mask: np.ndarray | None, name: str, color: str) -> None:
+        ax.imshow(image, cmap="gray")
+        if mask is not None and np.any(mask):
+            ax.contour(mask != 0, levels=[0.5], colors=color, linewidths=0.9)
+        ax.set_title(name, fontsize=8)
+
+    show(axes[0, 0], None, "image", "r")
+    for a, r in enumerate(readings):
+        show(axes[0, 1 + a], r, f"reading {a + 1}", "lime")
+    for m, h in enumerate(hyp):
+        show(axes[1, m], h, f"hypothesis {m + 1}", "red")
+    im = axes[2, 0].imshow(1 - maps["mean_probability"][0], cmap="viridis", vmin=0, vmax=1)
+    axes[2, 0].set_title("mean p(foreground)", fontsize=8)
+    fig.colorbar(im, ax=axes[2, 0], fraction=0.046)
+    c = maps["mean_probability"].shape[0]
+    im = axes[2, 1].imshow(maps["entropy"], cmap="magma", vmin=0, vmax=float(np.log(c)))
+    axes[2, 1].set_title("entropy (nats)", fontsize=8)
+    fig.colorbar(im, ax=axes[2, 1], fraction=0.046)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path, {"title": title, "num_hypotheses": int(len(maps["labels"])),
+                             "foreground_voxels": [int((h != 0).sum()) for h in maps["labels"]],
+                             "reading_voxels": [int((r != 0).sum()) for r in readings],
+                             "max_entropy": float(maps["entropy"].max())})
+
+
+# -- reliability diagram ---------------------------------------------------------------------------
+
+def reliability_bins(p_bar: np.ndarray, labels: np.ndarray, n_bins: int = metrics.ECE_BINS
+                     ) -> dict[str, list[float]]:
+    """Per confidence bin the mean confidence, accuracy and voxel count of fused probabilities
+    p_bar (N, C, *S) against labels (N, *S): the bins ``metrics.ece`` sums over ((lo, hi], max class
+    probability). The ECE itself is ``metrics.ece``'s; this only exposes the bins for the plot."""
+    p = np.moveaxis(np.asarray(p_bar, dtype=np.float64), 1, -1).reshape(-1, np.shape(p_bar)[1])
+    y = np.asarray(labels).reshape(-1)
+    conf, pred = p.max(1), p.argmax(1)
+    bins = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(bins, weights=(pred == y).astype(float), minlength=n_bins) / count
+        mean_conf = np.bincount(bins, weights=conf, minlength=n_bins) / count
+    return {"edges": np.linspace(0, 1, n_bins + 1).tolist(), "confidence": mean_conf.tolist(),
+            "accuracy": acc.tolist(), "count": count.tolist()}
+
+
+def plot_reliability(p_bar: np.ndarray, labels: np.ndarray, path: str | Path, name: str = "") -> Path:
+    """Accuracy against confidence per bin, the diagonal, and the ECE (``metrics.ece`` over all voxels
+    of all images pooled, background included) in the title."""
+    bins = reliability_bins(p_bar, labels)
+    pooled_p = np.moveaxis(np.asarray(p_bar, dtype=np.float64), 1, 0).reshape(np.shape(p_bar)[1], -1)
+    ece = metrics.ece(pooled_p, np.asarray(labels).reshape(-1))
+    edges = np.asarray(bins["edges"])
+    centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
+    acc = np.nan_to_num(np.asarray(bins["accuracy"], dtype=float))
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.bar(centers, acc, width=width, edgecolor="k", alpha=0.7, label="accuracy")
+    conf = np.asarray(bins["confidence"], dtype=float)
+    ax.bar(centers, np.nan_to_num(conf) - acc, bottom=acc, width=width, color="r", alpha=0.25, label="gap")
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max class probability)", ylabel="accuracy",
+           title=f"{name} ECE = {100 * ece:.2f}%".strip())
+    ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, path, {**bins, "ece": ece, "name": name})
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+def _load(model: str, device: str) -> tuple[Any, dict]:
+    from DiffSegUncertaintyLib.engine.modelfile import load_model, resolve_model
+    return load_model(resolve_model(model), device)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.figures", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="figure", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", required=True, help="multi-reader npz (LIDC format)")
+    common.add_argument("--samples", type=int, default=16)
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--device", default="cpu")
+    common.add_argument("--sampler", choices=("ddpm", "ddim"), default=None)
+    common.add_argument("--out", required=True, help="output PNG (a .json with the numbers is written beside it)")
+    p = sub.add_parser("steps", parents=[common], help="DSC and GED vs sampling steps (PGRD Fig. 3)")
+    p.add_argument("--model", action="append", required=True, help="model name or folder (repeat)")
+    p.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100, 250, 500, 1000])
+    p.add_argument("--max-images", type=int, default=50)
+    p = sub.add_parser("kappa", parents=[common], help="HSRDiff kappa vs t (Fig. 6)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--index", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=None)
+    p = sub.add_parser("case", parents=[common], help="image, readings, hypotheses, entropy")
+    p.add_argument("--model", required=True)
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None)
+    p = sub.add_parser("reliability", parents=[common], help="reliability diagram of p_bar")
+    p.add_argument("--model", required=True)
+    p.add_argument("--max-images", type=int, default=50)
+    p.add_argument("--steps", type=int, default=None)
+    args = ap.parse_args(argv)
+    try:
+        data = load_multireader_npz(args.data)
+        if args.figure == "steps":
+            data = data.head(args.max_images)
+            models = {}
+            for m in args.model:
+                model, card = _load(m, args.device)
+                models[str(card.get("name", m))] = (model, card)
+            sweep = steps_sweep(models, data.images, data.masks, args.steps, args.samples, args.seed, args.sampler)
+            for row in sweep.values():
+                row["num_images"] = len(data)
+            out = plot_steps(sweep, args.out, args.samples)
+        elif args.figure == "kappa":
+            model, card = _load(args.model, args.device)
+            ts, kappa = kappa_trace(model, card, data.images[args.index], args.samples, args.seed, args.steps,
+                                    args.sampler)
+            out = plot_kappa(ts, kappa, args.out, [data.item_id(i) for i in args.index], model.schedule.T)
+        else:
+            model, card = _load(args.model, args.device)
+            cfg = sampler_config_from_card(card, steps=args.steps, method=args.sampler)
+            pred = predictor_from_model(model, card, cfg, args.seed, args.device)
+            if args.figure == "case":
+                i = args.index
+                probs = pred(data.images[i:i + 1], args.samples)[0]
+                out = plot_case(data.images[i], data.masks[i], probs, args.out,
+                                f"{card.get('name', args.model)}: {data.item_id(i)}")
+            else:
+                data = data.head(args.max_images)
+                p_bar = np.concatenate([np.asarray(pred(data.images[i:i + 1], args.samples).mean(1))
+                                        for i in range(len(data))])
+                # reference: each reading in turn, as the default of metrics.score_image
+                A = data.masks.shape[1]
+                out = plot_reliability(np.repeat(p_bar, A, axis=0), data.masks.reshape(-1, *data.masks.shape[2:]),
+                                       args.out, str(card.get("name", args.model)))
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
