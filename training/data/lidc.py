@@ -1,0 +1,115 @@
+"""LIDC-IDRI lung-nodule crops with four readings (the lidc128 npz files, ../shared/data/lidc128).
+
+On disk: ``<root>/{train,val}.npz`` with ``images`` uint8 (S,128,128), ``masks`` uint8 (S,4,128,128),
+``patient`` str (S,), ``nodule`` int (S,), ``slice`` int (S,). Splits are by patient and must not be
+re-split.
+
+- dims=2: one item per slice, image (1, H, W), annotations (4, H, W).
+- dims=3: nodule mini-volumes: ``depth`` consecutive slices of one (patient, nodule), windows every
+  ``stride`` slices (the last window is moved to end on the nodule's last slice); image (1, D, H, W)
+  in (slice, row, column) order, annotations (4, D, H, W). Nodules shorter than ``depth`` are padded
+  by repeating their first/last slice together with its masks (``pad="edge"``: image and labels stay a
+  consistent pair) or dropped (``pad="skip"``).
+
+Intensities: the publisher's 8-bit window scaled to [0, 1] (x / 255); there are no HU or spacings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .common import DataMissing, data_root, fit
+
+ENV = "DIFFSEG_LIDC"
+DEFAULT = "shared/data/lidc128"
+# engine/volumes.preprocess form: the 8-bit crops (already windowed by the publisher) times 1/255
+PREPROCESSING = {"kind": "scale", "scale": 1 / 255, "offset": 0.0}
+
+
+def windows(n: int, depth: int, stride: int) -> list[list[int]]:
+    """Index windows of ``depth`` consecutive positions in 0..n-1 (n >= depth), covering the end."""
+    starts = list(range(0, n - depth + 1, stride))
+    if starts[-1] != n - depth:
+        starts.append(n - depth)
+    return [list(range(s, s + depth)) for s in starts]
+
+
+def edge_pad(n: int, depth: int) -> list[int]:
+    """Positions 0..n-1 padded to ``depth`` by repeating the ends (as evenly as possible)."""
+    before = (depth - n) // 2
+    return [0] * before + list(range(n)) + [n - 1] * (depth - n - before)
+
+
+class LIDC(Dataset):
+    """2D slices or 3D nodule stacks of LIDC with all four readings per item."""
+
+    in_channels, num_classes = 1, 2
+    class_names = ["background", "nodule"]
+    channels = [{"name": "CT", "modality": "CT"}]
+    preprocessing = PREPROCESSING
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train", dims: int = 2,
+                 size: int | None = 128, fit: str = "crop", depth: int = 8, stride: int | None = None,
+                 pad: str = "edge", limit: int | None = None, foreground_only: bool = False):
+        root = data_root(ENV, DEFAULT, root, "LIDC (lidc128: train.npz, val.npz)")
+        path = Path(root) / f"{split}.npz"
+        if not path.exists():
+            raise DataMissing(f"{path} is missing: the LIDC folder needs {split}.npz (see docs/training.md)")
+        if dims not in (2, 3) or pad not in ("edge", "skip"):
+            raise ValueError("LIDC needs dims 2 or 3 and pad 'edge' or 'skip'")
+        with np.load(path) as z:
+            self.images, self.masks = z["images"], z["masks"]
+            self.patient, self.nodule, self.slice = z["patient"], z["nodule"], z["slice"]
+        self.dims, self.size, self.fit = dims, size, fit
+        self.spatial_dims = dims
+        if dims == 2:
+            self.index = [[i] for i in range(len(self.images))]
+        else:
+            self.index = self._stacks(depth, stride or depth, pad)
+        if foreground_only:  # items where at least one reading marks the nodule
+            self.index = [ix for ix in self.index if self.masks[ix].any()]
+        if limit is not None:
+            self.index = self.index[:int(limit)]
+        self.split = split
+
+    def _stacks(self, depth: int, stride: int, pad: str) -> list[list[int]]:
+        groups: OrderedDict[tuple[str, int], list[int]] = OrderedDict()
+        for i, key in enumerate(zip(self.patient.tolist(), self.nodule.tolist())):
+            groups.setdefault(key, []).append(i)
+        out = []
+        for rows in groups.values():
+            rows = sorted(rows, key=lambda r: int(self.slice[r]))
+            if len(rows) >= depth:
+                out += [[rows[j] for j in w] for w in windows(len(rows), depth, stride)]
+            elif pad == "edge":
+                out.append([rows[j] for j in edge_pad(len(rows), depth)])
+        return out
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def item_id(self, i: int) -> str:
+        rows = self.index[i]
+        r = rows[0]
+        tag = f"{self.patient[r]}-n{int(self.nodule[r])}-s{int(self.slice[r])}"
+        return tag if self.dims == 2 else f"{tag}-{int(self.slice[rows[-1]])}"
+
+    def __getitem__(self, i: int) -> dict:
+        rows = self.index[i]
+        img = torch.from_numpy(self.images[rows].astype(np.float32) / 255.0)       # (D, H, W)
+        ann = torch.from_numpy(self.masks[rows].astype(np.int64)).transpose(0, 1)   # (4, D, H, W)
+        if self.dims == 2:
+            img, ann = img, ann[:, 0]                                               # (1, H, W), (4, H, W)
+        else:
+            img = img[None]
+        if self.size is not None:
+            size = (self.size,) * 2 if isinstance(self.size, int) else tuple(self.size)
+            size = size if self.dims == 2 else (img.shape[1], *size[-2:])
+            img, ann = fit(img, size, self.fit, False), fit(ann, size, self.fit, True)
+        return {"image": img.contiguous(), "annotations": ann.contiguous(), "id": self.item_id(i)}

@@ -1,0 +1,83 @@
+"""Turn a training run into a model folder the engine, ``diffseg sample`` and Slicer load.
+
+    python -m training.export --run runs/<exp> --output <models folder>/<name> [--name NAME] [--half]
+
+Takes the best checkpoint by the run's validation metric (EMA weights; the last EMA weights when the
+run never validated, said on stderr), rebuilds the network from the run's architecture and writes it
+with ``engine.modelfile.save_model``. The card records what a reader needs to trust the numbers: the
+measured validation metrics with their settings (images, samples, sampler), the training command, the
+data and split, the step, the training time and the hardware.
+
+Only diffusion models (PGRD, HSRDiff, the vanilla DDPM) are exported: the engine's registry builds
+those; the prior stage and the baselines are evaluated from their runs (training/baselines.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from DiffSegUncertaintyLib.engine import registry
+from DiffSegUncertaintyLib.engine.modelfile import save_model
+
+from . import checkpoint as ck
+
+
+def export_run(run: str | Path, output: str | Path, name: str | None = None, half: bool = False
+               ) -> Path:
+    """Write the model folder of ``run`` to ``output``; returns its path."""
+    run, output = Path(run), Path(output)
+    info = ck.read_config(run)
+    cfg, arch = info["config"], info["architecture"]
+    method = cfg["model"]["method"]
+    if method == "baseline" or (method == "pgrd" and cfg["model"].get("stage") == "prior"):
+        raise ValueError(f"{run} trained a {'baseline' if method == 'baseline' else 'PGRD prior'}: only "
+                         "diffusion models are exported as model folders")
+    state, which = ck.best_or_last(run)
+    if which != ck.BEST:
+        print(f"warning: {run} has no {ck.BEST} (never validated): exporting the last EMA weights",
+              file=sys.stderr)
+    model = registry.build_model(method, arch)
+    model.load_state_dict(state["weights"])
+    sampling = _sampling(method, cfg.get("sampling") or {})
+    metrics: dict[str, Any] | None = None
+    if state.get("metrics"):
+        metrics = {"split": cfg["data"]["val_split"], "step": state["step"],
+                   **state.get("settings", {}), "values": state["metrics"]}
+    last = ck.load(run / ck.LAST) if (run / ck.LAST).exists() else {}
+    training = {"data": info["data"], "command": info["command"], "config": cfg.get("name"),
+                "checkpoint": which, "step": state["step"], "total_steps": info["total_steps"],
+                "time_s": round(float(last.get("elapsed", 0.0)), 1), "hardware": info["hardware"],
+                "world_size": info["world_size"], "seed": cfg["seed"], "train": cfg["train"]}
+    return save_model(model, output, name=name or output.name, method=method,
+                      preset=str(cfg["model"].get("preset")), sampling=sampling, inputs=info["input"],
+                      classes=info["classes"], training=training, metrics=metrics, half=half)
+
+
+def _sampling(method: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The method's default sampler fields (its module's DEFAULT_SAMPLING) with the config's on top."""
+    import importlib
+    module = importlib.import_module(f"DiffSegUncertaintyLib.engine.{method}")
+    return {**getattr(module, "DEFAULT_SAMPLING", {}), **given}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, help="training run folder (runs/<exp>)")
+    ap.add_argument("--output", required=True, help="model folder to write (<models folder>/<name>)")
+    ap.add_argument("--name", help="model name in the card (default: the output folder's name)")
+    ap.add_argument("--half", action="store_true", help="store weights as float16")
+    args = ap.parse_args(argv)
+    try:
+        path = export_run(args.run, args.output, args.name, args.half)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
