@@ -193,7 +193,7 @@ def test_condition_switch_cuts_the_path(key, switch):
     assert sum(p.numel() for p in off.parameters()) < sum(p.numel() for p in on.parameters())
 
 
-def test_unconditional_row_ignores_the_image():
+def test_row1_sees_the_image_only_by_concatenation():
     model = _model(**ABLATIONS["eps"])
     assert model.cond_encoder is None
     a, b = _image(seed=0), _image(seed=5)
@@ -201,7 +201,11 @@ def test_unconditional_row_ignores_the_image():
     with torch.no_grad():
         pa = model.denoise(x_t, torch.tensor([30, 30]), model.encode(a))
         pb = model.denoise(x_t, torch.tensor([30, 30]), model.encode(b))
-    assert torch.equal(pa.x0, pb.x0)
+        unconditioned = _model(**{**ABLATIONS["eps"], "concat_image": False})
+        qa = unconditioned.denoise(x_t, torch.tensor([30, 30]), unconditioned.encode(a))
+        qb = unconditioned.denoise(x_t, torch.tensor([30, 30]), unconditioned.encode(b))
+    assert not torch.equal(pa.x0, pb.x0)
+    assert torch.equal(qa.x0, qb.x0)
 
 
 @pytest.mark.parametrize("row", list(ABLATIONS))

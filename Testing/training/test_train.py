@@ -184,3 +184,23 @@ def test_overrides_and_errors(tmp_path, capsys):
     code = main(["--config", str(CONFIGS[0].with_name("hsrdiff.toml")), "--data", str(tmp_path / "none"),
                  "--out", str(tmp_path / "r"), "--quiet"])
     assert code == 2 and "DIFFSEG_LIDC" in capsys.readouterr().err
+
+
+# The Table 6 configs spell out their switches for readability; the engine's ABLATIONS table is the
+# definition. They must not drift apart.
+TABLE6_ROWS = {"hsrdiff-t6-eps": "eps", "hsrdiff-t6-eps-fg": "eps+fg", "hsrdiff-t6-eps-fg-fh": "eps+fg+Fh",
+               "hsrdiff-t6-x0-eps": "eps+x0+fg+Fh", "hsrdiff-t6-dual-fixed": "dual", "hsrdiff": "srdiff"}
+
+
+@pytest.mark.parametrize("config_name,row", sorted(TABLE6_ROWS.items()))
+def test_table6_configs_match_engine_ablations(config_name, row):
+    from DiffSegUncertaintyLib.engine.hsrdiff import ABLATIONS, PRESETS
+
+    from training.train import load_config
+
+    cfg = load_config(Path(__file__).parents[2] / "training" / "configs" / f"{config_name}.toml")
+    switches = cfg["model"].get("config", {})
+    defaults = PRESETS[cfg["model"]["preset"]]
+    effective = {k: switches.get(k, defaults[k]) for k in set(switches) | set(ABLATIONS[row])}
+    expected = {k: ABLATIONS[row].get(k, defaults[k]) for k in effective}
+    assert effective == expected
