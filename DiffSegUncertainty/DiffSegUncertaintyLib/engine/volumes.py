@@ -1,0 +1,335 @@
+"""Reading inputs and writing outputs with SimpleITK, on the input's own grid.
+
+Why: users hand over NRRD/NIfTI files in any orientation and spacing, and the Slicer scene layer loads
+the outputs on top of the input, so every output must carry the first input's exact size, spacing,
+origin and direction (CopyInformation), and nothing may be resampled on the way in except what the
+model needs (done in inference.py and undone there).
+
+Arrays follow SimpleITK's order: a 3D image of size (i, j, k) is an array (k, j, i).
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .checks import InputError
+
+GRID_TOLERANCE = 1e-4  # relative, for spacing/origin/direction comparisons between inputs
+
+
+@dataclass
+class Geometry:
+    """The grid of the first input: everything needed to write outputs on it."""
+
+    size: tuple[int, ...]          # SimpleITK order (i, j, k)
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]   # row-major, dimension x dimension
+    reference: sitk.Image = field(repr=False)
+
+    @property
+    def dimension(self) -> int:
+        return len(self.size)
+
+    @property
+    def array_shape(self) -> tuple[int, ...]:
+        return tuple(reversed(self.size))
+
+    @property
+    def array_spacing(self) -> tuple[float, ...]:
+        """Spacing per array axis (k, j, i)."""
+        return tuple(reversed(self.spacing))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"size": list(self.size), "spacing": list(self.spacing), "origin": list(self.origin),
+                "direction": list(self.direction)}
+
+
+@dataclass
+class InputVolumes:
+    """Channels (C, *array_shape) float32 as read (before preprocessing), their grid and file names."""
+
+    channels: np.ndarray
+    geometry: Geometry
+    paths: list[str]
+
+
+def _read_one(path: str | os.PathLike) -> sitk.Image:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input {p} does not exist")
+    if not p.is_file():
+        raise InputError(f"input {p} is not a file")
+    try:
+        return sitk.ReadImage(str(p))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = first[-1] if first else "unknown error"
+        raise InputError(f"cannot read {p} as an image (NRRD, NIfTI, MHA, ...): {detail}") from None
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> str | None:
+    """None if the two images share their grid, else what differs."""
+    if a.GetDimension() != b.GetDimension():
+        return f"dimension {a.GetDimension()} vs {b.GetDimension()}"
+    if a.GetSize() != b.GetSize():
+        return f"size {a.GetSize()} vs {b.GetSize()}"
+    scale = max(1.0, max(abs(s) for s in a.GetSpacing()))
+    for name in ("Spacing", "Origin", "Direction"):
+        u, v = np.array(getattr(a, "Get" + name)()), np.array(getattr(b, "Get" + name)())
+        tol = GRID_TOLERANCE * (scale * 10 if name == "Origin" else 1)
+        if not np.allclose(u, v, rtol=GRID_TOLERANCE, atol=tol):
+            return f"{name.lower()} {tuple(np.round(u, 4))} vs {tuple(np.round(v, 4))}"
+    return None
+
+
+def read_inputs(paths: Sequence[str | os.PathLike]) -> InputVolumes:
+    """Read the input files as channels on one grid. Multi-component files (e.g. a 4-channel NRRD)
+    contribute one channel per component. NaN/inf voxels and mismatched grids are InputErrors."""
+    if not paths:
+        raise InputError("no input file given")
+    images = [_read_one(p) for p in paths]
+    ref = images[0]
+    if ref.GetDimension() not in (2, 3):
+        raise InputError(f"{paths[0]} is a {ref.GetDimension()}D image; diffseg reads 2D and 3D images")
+    channels: list[np.ndarray] = []
+    for path, img in zip(paths, images):
+        diff = _same_grid(ref, img)
+        if diff is not None:
+            raise InputError(f"{path} is not on the grid of {paths[0]} ({diff}); resample it onto the "
+                             "first input first (all inputs must share size, spacing, origin, direction)")
+        arr = sitk.GetArrayFromImage(img)
+        if img.GetNumberOfComponentsPerPixel() > 1:
+            parts = [arr[..., c] for c in range(arr.shape[-1])]
+        else:
+            parts = [arr]
+        for part in parts:
+            part = np.asarray(part, dtype=np.float32)
+            bad = ~np.isfinite(part)
+            if bad.any():
+                raise InputError(f"{path} has {int(bad.sum())} NaN or infinite voxel(s)")
+            channels.append(part)
+    geometry = Geometry(size=tuple(ref.GetSize()), spacing=tuple(ref.GetSpacing()),
+                        origin=tuple(ref.GetOrigin()), direction=tuple(ref.GetDirection()),
+                        reference=ref)
+    return InputVolumes(np.stack(channels), geometry, [str(p) for p in paths])
+
+
+# -- preprocessing ---------------------------------------------------------------------------------
+
+def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]] | None,
+               mask: np.ndarray | None = None) -> np.ndarray:
+    """Intensity preprocessing from the card's ``input.preprocessing``: one spec for every channel or a
+    list with one per channel. Statistics are taken inside ``mask`` (e.g. the ROI) when given, so a
+    crop is normalised the way the whole volume would be only if the caller passes the whole volume.
+
+    {"kind": "window", "lower": L, "upper": U}: clip to [L, U], map to [0, 1] (CT windows).
+    {"kind": "zscore", "nonzero": bool}: (x - mean) / std per channel; nonzero: statistics over
+        non-zero voxels only and zero voxels stay zero (skull-stripped MRI).
+    {"kind": "scale", "scale": a, "offset": b}: a * x + b.
+    {"kind": "none"} or None: unchanged.
+    """
+    specs = spec if isinstance(spec, list) else [spec] * len(channels)
+    if len(specs) != len(channels):
+        raise InputError(f"the card gives {len(specs)} preprocessing entries for {len(channels)} channels")
+    out = np.empty_like(channels, dtype=np.float32)
+    for c, (x, s) in enumerate(zip(channels, specs)):
+        x = x.astype(np.float32, copy=False)
+        kind = (s or {}).get("kind", "none")
+        if kind == "none":
+            out[c] = x
+        elif kind == "window":
+            lo, hi = float(s["lower"]), float(s["upper"])
+            if not hi > lo:
+                raise InputError(f"preprocessing window needs upper > lower (got {lo}, {hi})")
+            out[c] = (np.clip(x, lo, hi) - lo) / (hi - lo)
+        elif kind == "zscore":
+            nonzero = bool(s.get("nonzero", False))
+            sel = x != 0 if nonzero else np.ones(x.shape, bool)
+            if mask is not None:
+                sel = sel & mask
+            vals = x[sel].astype(np.float64)
+            mean = float(vals.mean()) if vals.size else 0.0
+            std = float(vals.std()) if vals.size else 1.0
+            std = std if std > 1e-8 else 1.0
+            z = (x - mean) / std
+            out[c] = np.where(x != 0, z, 0) if nonzero else z
+        elif kind == "scale":
+            out[c] = x * float(s.get("scale", 1.0)) + float(s.get("offset", 0.0))
+        else:
+            raise InputError(f"unknown preprocessing kind {kind!r} in the model card "
+                             "(expected window, zscore, scale or none)")
+    return out
+
+
+# -- canonical orientation for slice-wise models ------------------------------------------------
+
+@dataclass(frozen=True)
+class Canonical:
+    """How to turn an array (k, j, i) into LPS-ordered axes (S, P, L) and back: a permutation and flips
+    only, so the round trip is exact (no resampling). ``perm[a]`` is the input array axis that becomes
+    canonical axis a; ``flip[a]`` flips canonical axis a afterwards."""
+
+    perm: tuple[int, int, int]
+    flip: tuple[bool, bool, bool]
+
+    def forward(self, arr: np.ndarray) -> np.ndarray:
+        """(..., k, j, i) -> (..., S, P, L)."""
+        lead = arr.ndim - 3
+        out = np.transpose(arr, tuple(range(lead)) + tuple(lead + p for p in self.perm))
+        axes = tuple(lead + a for a in range(3) if self.flip[a])
+        return np.flip(out, axes) if axes else out
+
+    def backward(self, arr: np.ndarray) -> np.ndarray:
+        """(..., S, P, L) -> (..., k, j, i); exact inverse of forward."""
+        lead = arr.ndim - 3
+        axes = tuple(lead + a for a in range(3) if self.flip[a])
+        arr = np.flip(arr, axes) if axes else arr
+        inv = np.argsort(self.perm)
+        return np.transpose(arr, tuple(range(lead)) + tuple(lead + int(p) for p in inv))
+
+
+def canonical_orientation(direction: Sequence[float], size: Sequence[int] | None = None) -> Canonical:
+    """The axis permutation/flips that put a 3D array in (S, P, L) order: axial slices along axis 0,
+    rows running anterior->posterior, columns right->left (radiological display, as DICOM LPS).
+
+    Each index axis is matched to the physical axis it is closest to (best of the 6 assignments, so
+    oblique volumes work too). A volume with exactly one voxel along some axis is a single slice in
+    its own plane: that axis becomes axis 0 whatever its direction.
+    """
+    d = np.asarray(direction, dtype=float).reshape(3, 3)  # column c = physical direction of index c
+    best, best_score = None, -1.0
+    # physical axis p (0 = L/x, 1 = P/y, 2 = S/z) per index axis c
+    for phys in itertools.permutations(range(3)):
+        score = sum(abs(d[phys[c], c]) for c in range(3))
+        if score > best_score + 1e-9:
+            best, best_score = phys, score
+    assert best is not None
+    signs = [d[best[c], c] >= 0 for c in range(3)]
+    # canonical axis a holds physical axis (2, 1, 0)[a]; array axis of index axis c is 2 - c
+    order = [2, 1, 0]
+    index_of_phys = {best[c]: c for c in range(3)}
+    perm = [2 - index_of_phys[order[a]] for a in range(3)]
+    flip = [not signs[index_of_phys[order[a]]] for a in range(3)]
+    if size is not None:
+        flat = [c for c in range(3) if size[c] == 1]
+        if len(flat) == 1 and perm[0] != 2 - flat[0]:
+            # single slice: its thin axis goes first, the other two keep their canonical order
+            thin = 2 - flat[0]
+            rest = [a for a in range(3) if perm[a] != thin]
+            perm = [thin] + [perm[a] for a in rest]
+            flip = [False] + [flip[a] for a in rest]
+    return Canonical(tuple(perm), tuple(flip))  # type: ignore[arg-type]
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+def write_volume(array: np.ndarray, geometry: Geometry, path: str | os.PathLike,
+                 compress: bool = True) -> None:
+    """Write an array (array order) onto the reference grid."""
+    array = np.asarray(array)
+    if array.shape != geometry.array_shape:
+        raise ValueError(f"array of shape {array.shape} for a grid of shape {geometry.array_shape}")
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    img.CopyInformation(geometry.reference)
+    sitk.WriteImage(img, str(path), compress)
+
+
+PALETTE = [(0.90, 0.10, 0.10), (0.12, 0.47, 0.71), (0.17, 0.63, 0.17), (1.00, 0.50, 0.05),
+           (0.58, 0.40, 0.74), (0.55, 0.34, 0.29), (0.89, 0.47, 0.76), (0.50, 0.50, 0.50),
+           (0.74, 0.74, 0.13), (0.09, 0.75, 0.81)]
+
+
+@dataclass
+class Segment:
+    """One layer of a .seg.nrrd: a binary mask and how Slicer should show it."""
+
+    id: str
+    name: str
+    mask: np.ndarray  # bool/uint8, array order (k, j, i)
+    color: tuple[float, float, float]
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def _fmt(v: float) -> str:
+    return repr(float(v))
+
+
+def write_seg_nrrd(segments: list[Segment], geometry: Geometry, path: str | os.PathLike) -> None:
+    """Write a Slicer segmentation file with overlapping segments, one layer each.
+
+    Why plain header code: Slicer reads overlapping segments from a 4D NRRD whose first axis is a
+    "list" of layers, with per-segment ``Segment{n}_*`` key/value fields; SimpleITK cannot write the
+    "list domain domain domain" kinds. The space is LPS, as SimpleITK's own NRRD files, so Slicer puts
+    the segmentation exactly on the input volume. 2D inputs are written as one-slice 3D volumes.
+    """
+    if not segments:
+        raise ValueError("a segmentation needs at least one segment")
+    size, spacing, origin = list(geometry.size), list(geometry.spacing), list(geometry.origin)
+    direction = np.asarray(geometry.direction, float).reshape(geometry.dimension, geometry.dimension)
+    if geometry.dimension == 2:
+        size, spacing, origin = size + [1], spacing + [1.0], origin + [0.0]
+        d3 = np.eye(3)
+        d3[:2, :2] = direction
+        direction = d3
+    layers = np.stack([np.asarray(s.mask).reshape(tuple(reversed(size))) for s in segments], axis=-1)
+    layers = np.ascontiguousarray(layers.astype(np.uint8))  # (k, j, i, layer): layer varies fastest
+    ni, nj, nk = size
+    extent = f"0 {ni - 1} 0 {nj - 1} 0 {nk - 1}"
+    dirs = " ".join("(" + ",".join(_fmt(direction[r, c] * spacing[c]) for r in range(3)) + ")"
+                    for c in range(3))
+    lines = [
+        "NRRD0004",
+        "# Complete NRRD file format specification at:",
+        "# http://teem.sourceforge.net/nrrd/format.html",
+        "type: unsigned char",
+        "dimension: 4",
+        "space: left-posterior-superior",
+        f"sizes: {len(segments)} {ni} {nj} {nk}",
+        f"space directions: none {dirs}",
+        "kinds: list domain domain domain",
+        "encoding: gzip",
+        "space origin: (" + ",".join(_fmt(o) for o in origin) + ")",
+        "Segmentation_ContainedRepresentationNames:=Binary labelmap|",
+        "Segmentation_ConversionParameters:=",
+        "Segmentation_MasterRepresentation:=Binary labelmap",
+        "Segmentation_ReferenceImageExtentOffset:=0 0 0",
+    ]
+    for n, s in enumerate(segments):
+        tags = "".join(f"{k}:{v}|" for k, v in s.tags.items())
+        lines += [
+            f"Segment{n}_Color:=" + " ".join(_fmt(c) for c in s.color),
+            f"Segment{n}_ColorAutoGenerated:=0",
+            f"Segment{n}_Extent:={extent}",
+            f"Segment{n}_ID:={s.id}",
+            f"Segment{n}_LabelValue:=1",
+            f"Segment{n}_Layer:={n}",
+            f"Segment{n}_Name:={s.name}",
+            f"Segment{n}_NameAutoGenerated:=0",
+            f"Segment{n}_Tags:={tags}",
+        ]
+    header = ("\n".join(lines) + "\n\n").encode("utf-8")
+    with open(path, "wb") as f:
+        f.write(header)
+        f.write(gzip.compress(layers.tobytes(), compresslevel=1, mtime=0))
+
+
+def physical_box_to_index(geometry: Geometry, lower: Sequence[float], upper: Sequence[float]
+                          ) -> tuple[list[int], list[int]]:
+    """The index box [start, stop) of the voxels whose centres lie in a physical (LPS mm) box (the
+    box's 8 corners mapped to continuous indices; any orientation), clipped to the image."""
+    corners = itertools.product(*[(min(lo, hi), max(lo, hi)) for lo, hi in zip(lower, upper)])
+    ref = geometry.reference
+    idx = np.array([ref.TransformPhysicalPointToContinuousIndex([float(c) for c in p]) for p in corners])
+    start = [max(0, int(math.ceil(v - 1e-6))) for v in idx.min(0)]
+    stop = [min(n, int(math.floor(v + 1e-6)) + 1) for v, n in zip(idx.max(0), geometry.size)]
+    return start, stop
