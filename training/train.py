@@ -342,7 +342,8 @@ def train(cfg: dict[str, Any], out: Path, *, data_root: str | None = None, max_s
                      "val_items": len(val_ds) if val_ds is not None else 0,
                      "root": str(data_root or "")},
             "input": {"channels": train_ds.channels, "preprocessing": train_ds.preprocessing,
-                      "size": list(train_ds[0]["image"].shape[1:])},
+                      "size": list(train_ds[0]["image"].shape[1:]),
+                      "roi_required": bool(getattr(train_ds, "roi_required", False))},
             "classes": list(train_ds.class_names)}
     if main:
         ck.write_config(out, info)

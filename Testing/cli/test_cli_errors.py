@@ -123,6 +123,14 @@ def too_many_steps(tmp, model2d, model3d, vol):
     return [vol, "--model", model2d, "--steps", "100000"], ["--steps"]
 
 
+def crop_model_without_roi(tmp, model2d, model3d, vol):
+    folder = _copy_model(model2d, tmp)
+    card = json.loads((folder / "model.json").read_text())
+    card["input"]["roi_required"] = True
+    (folder / "model.json").write_text(json.dumps(card))
+    return [vol, "--model", folder], ["boxes around the target", "--roi"]
+
+
 def output_exists(tmp, model2d, model3d, vol):
     (tmp / "out").mkdir()
     (tmp / "out" / "keep.txt").write_text("mine")
@@ -132,7 +140,7 @@ def output_exists(tmp, model2d, model3d, vol):
 CASES = {f.__name__: f for f in (
     truncated, wrong_preset, missing_tensor, unexpected_tensor, missing_weights, bad_card, unknown_model,
     missing_file, unreadable_file, wrong_dims, wrong_channels, other_grid, nan_voxels, constant_image,
-    empty_roi, roi_mm_outside, too_many_steps, output_exists)}
+    empty_roi, roi_mm_outside, too_many_steps, crop_model_without_roi, output_exists)}
 
 
 # These run as a real subprocess; the others call cli.main in this process (the same code from argv

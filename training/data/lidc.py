@@ -53,6 +53,7 @@ class LIDC(Dataset):
     class_names = ["background", "nodule"]
     channels = [{"name": "CT", "modality": "CT"}]
     preprocessing = PREPROCESSING
+    roi_required = True  # 128x128 boxes around a nodule: a model of them needs the box at inference
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train", dims: int = 2,
                  size: int | None = 128, fit: str = "crop", depth: int = 8, stride: int | None = None,

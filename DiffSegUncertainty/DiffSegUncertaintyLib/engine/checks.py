@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .errors import InputError
 
-class InputError(ValueError):
-    """Bad user input (image, labels, model/data mismatch). The message is meant for the user."""
+__all__ = ["InputError", "check_image", "check_labels"]
 
 
 def check_image(image: torch.Tensor | np.ndarray, spatial_dims: int, in_channels: int,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .checks import InputError
-from .modelfile import ModelFileError, broken_models, find_models, read_card, resolve_model
+from .modelfile import ModelFileError, broken_models, find_models, read_card, resolve_model, roi_required
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 OUTPUT_FILES = ("hypotheses.seg.nrrd", "consensus.nrrd", "mean_probability.nrrd", "entropy.nrrd",
@@ -235,6 +235,9 @@ def prepare(args: argparse.Namespace) -> Plan:
     if int(arch["spatial_dims"]) == 3 and (geo.dimension != 3 or 1 in geo.size):
         raise InputError(f"the model {card['name']!r} is 3D but {args.inputs[0]} is a 2D image"
                          + (f" (a single slice, size {list(geo.size)})" if geo.dimension == 3 else ""))
+    if roi_required(card) and not (args.roi or args.roi_mm):
+        raise InputError(f"the model {card['name']!r} was trained on boxes around the target: give the "
+                         f"box with --roi or --roi-mm")
     roi = None
     if args.roi or args.roi_mm:
         nums = _numbers(args.roi or args.roi_mm, int if args.roi else float,

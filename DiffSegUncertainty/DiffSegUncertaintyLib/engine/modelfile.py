@@ -18,11 +18,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-try:  # checks imports torch; where torch is absent (Slicer before first use) cards are still readable
-    from .checks import InputError
-except ImportError:  # pragma: no cover - exercised only without torch
-    class InputError(ValueError):  # type: ignore[no-redef]
-        """Bad user input (stand-in while torch is not installed)."""
+from .errors import InputError  # torch-free: cards are readable before torch is installed
 
 if TYPE_CHECKING:
     import torch
@@ -117,6 +113,12 @@ def save_model(model: "DiffusionSegmenter", folder: str | os.PathLike, *, name: 
 
 
 # -- reading ---------------------------------------------------------------------------------------
+
+def roi_required(card: dict[str, Any]) -> bool:
+    """Crop models (e.g. LIDC's 128x128 boxes around a nodule) were trained on a box around the target
+    and need one to run: the card says so with ``input.roi_required``."""
+    return bool(card.get("input", {}).get("roi_required", False))
+
 
 def read_card(folder: str | os.PathLike) -> dict[str, Any]:
     """The card of a model folder (JSON only, no torch), with its required fields checked."""

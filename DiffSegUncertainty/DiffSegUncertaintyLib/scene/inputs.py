@@ -21,6 +21,8 @@ import numpy as np
 import vtk
 from slicer import vtkMRMLTransformNode, vtkMRMLVolumeArchetypeStorageNode
 
+from ..engine.modelfile import roi_required
+
 
 class InputProblem(ValueError):
     """Something the user must change before sampling can start; the message says what."""
@@ -42,13 +44,6 @@ class SampleRequest:
     @property
     def volumes(self) -> list:
         return [self.input_volume, *[v for v in self.extra_volumes if v is not None]]
-
-
-def roi_required(card: dict[str, Any]) -> bool:
-    """Crop models were trained on boxes around the target and need one to run."""
-    spec = card.get("input", {})
-    return bool(spec.get("roi_required") or spec.get("requires_roi") or spec.get("roi") == "required"
-                or spec.get("mode") == "crop")
 
 
 def _components(volume) -> int:

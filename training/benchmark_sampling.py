@@ -1,0 +1,406 @@
+"""Sampling-speed benchmark (issue 7): the project's sampler against a paper-faithful one.
+
+    python -m training.benchmark_sampling [--device cuda] [--cases hsrdiff-light,pgrd-2d] \
+        [--model runs/export/hsrdiff-light --data ../shared/data/lidc128/val.npz] --output runs/bench.json
+
+For each case (a preset on an input size) and step count it times 16 hypotheses of one image with
+``sampler.sample`` (image encoded once, all hypotheses in one batch) and, at the papers' step counts,
+with the paper-faithful reference of ``training/bench/reference.py`` (one hypothesis at a time, the
+condition encoder / prior recomputed at every step); it reports peak memory, the FLOPs of one denoiser
+evaluation (``FlopCounterMode``), the achieved FLOP/s against the device's peak, the speed-up over the
+reference and, given a trained model folder and a multi-reader npz, GED_16 and Dice at every step count,
+so that speed never hides a quality loss. Without a trained model the quality columns say so: untrained
+networks give meaningless GED. Prints a table and writes everything to JSON (docs/benchmarks.md).
+
+Timing modes (``--measure``): "full" times whole runs; "per-step" stops each run after
+``--measured-steps`` steps and extrapolates (labelled "per-step x steps" everywhere). Default: full on a
+GPU, per-step on a CPU. Speed switches (``--tf32 --autocast bf16 --channels-last --compile --cuda-graphs
+--inference-mode``) apply to the project's sampler; ``--sweep-options`` measures each one added in turn.
+The reference always runs fp32 eager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from DiffSegUncertaintyLib.engine import registry
+from DiffSegUncertaintyLib.engine.sampler import SamplerConfig
+
+from .bench import measure, reference
+from .bench.measure import Options
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: name -> (method, preset, config overrides, input size (spatial, torch order: D, H, W))
+CASES: dict[str, tuple[str, str, dict[str, Any], tuple[int, ...]]] = {
+    "hsrdiff-light": ("hsrdiff", "hsrdiff-light", {}, (128, 128)),
+    "hsrdiff": ("hsrdiff", "hsrdiff", {}, (128, 128)),
+    "pgrd-2d": ("pgrd", "pgrd-2d", {}, (128, 128)),
+    "pgrd-3d-stack": ("pgrd", "pgrd-3d", {}, (32, 128, 128)),   # 128 x 128 x 32 nodule stack
+    "pgrd-3d-96": ("pgrd", "pgrd-3d", {}, (96, 96, 96)),         # 96^3 MRI patch
+    "tiny-hsrdiff": ("hsrdiff", "tiny", {}, (64, 64)),           # tests / smoke runs
+    "tiny-pgrd": ("pgrd", "tiny", {}, (64, 64)),
+}
+DEFAULT_CASES = ("hsrdiff-light", "hsrdiff", "pgrd-2d", "pgrd-3d-stack", "pgrd-3d-96")
+#: reduced step counts measured next to the paper's (HSRDiff: ancestral over all T; PGRD: DDIM 300 of 1000)
+REDUCED = {"hsrdiff": ("ddim:50", "ddim:25", "ddim:10"), "pgrd": ("ddim:100", "ddim:50", "ddim:10")}
+NO_MODEL = "no trained model"
+
+
+# -- step specifications -----------------------------------------------------------------------------
+
+def paper_spec(method: str, model) -> str:
+    return f"ddpm:{model.schedule.T}" if method == "hsrdiff" else f"ddim:{reference.paper_steps(model)}"
+
+
+def parse_spec(spec: str, T: int) -> SamplerConfig:
+    """'ddpm:250', 'ddim:25' or 'ddim:25:trailing' -> SamplerConfig (DDIM with eta = 0)."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in ("ddpm", "ddim"):
+        raise SystemExit(f"bad step spec {spec!r}: expected ddpm:STEPS or ddim:STEPS[:spacing]")
+    steps = int(parts[1])
+    return SamplerConfig(method=parts[0], steps=None if steps == T else steps, eta=0.0,
+                         spacing=parts[2] if len(parts) == 3 else "leading")
+
+
+def reduced_specs(args, method: str) -> list[str]:
+    """--steps (``none``: the paper's only), else the method's default reduced counts."""
+    if args.steps is None:
+        return list(REDUCED[method])
+    return [s for s in args.steps if s != "none"]
+
+
+def n_steps(spec: str) -> int:
+    return int(spec.split(":")[1])
+
+
+# -- quality -----------------------------------------------------------------------------------------
+
+def default_data() -> Path:
+    env = os.environ.get("DIFFSEG_LIDC")
+    if env:
+        p = Path(env)
+        return p if p.suffix == ".npz" else p / "val.npz"
+    return REPO.parent / "shared" / "data" / "lidc128" / "val.npz"
+
+
+class _ReferencePredictor:
+    """``predict(images, M)`` through the paper-faithful sampler, with the card's preprocessing."""
+
+    def __init__(self, model, card, seed: int, device):
+        from DiffSegUncertaintyLib.engine.evaluation import predictor_from_model
+        self.base = predictor_from_model(model, card, seed=seed, device=device)
+        self.model, self.seed = self.base.model, seed
+        self.steps = reference.paper_steps(self.model)
+
+    def __call__(self, images: np.ndarray, num_samples: int) -> torch.Tensor:
+        from DiffSegUncertaintyLib.engine.diffusion import to_probabilities
+        spatial = tuple(np.shape(images)[-int(self.model.spatial_dims):])
+        x = self.base.prepare(images)
+        y0 = torch.cat([reference.paper_sample(self.model, x[i:i + 1], num_samples, steps=self.steps,
+                                               seed=self.seed) for i in range(len(x))])
+        p = to_probabilities(y0.flatten(0, 1), float(self.model.tau_out)).reshape(y0.shape)
+        if tuple(p.shape[3:]) != spatial:
+            B, M = p.shape[:2]
+            p = F.interpolate(p.flatten(0, 1), size=spatial, mode="bilinear" if len(spatial) == 2 else
+                              "trilinear", align_corners=False)
+            p = p.reshape(B, M, *p.shape[1:])
+        return p
+
+
+def quality(args, device) -> dict[str, Any]:
+    """GED_16 / Dice of the trained model at every step count (and of the reference at the paper's)."""
+    if not args.model:
+        return {"status": NO_MODEL}
+    from DiffSegUncertaintyLib.engine.evaluation import (evaluate_predictor, load_multireader_npz,
+                                                         predictor_from_model)
+    from DiffSegUncertaintyLib.engine.modelfile import load_model
+    model, card = load_model(args.model, device)
+    method = card["method"]
+    data_path = Path(args.data) if args.data else default_data()
+    if not data_path.is_file():
+        return {"status": f"no data at {data_path}", "model": str(args.model)}
+    data = load_multireader_npz(data_path).head(args.quality_images)
+    specs = [paper_spec(method, model)] + reduced_specs(args, method)
+    out: dict[str, Any] = {"status": "ok", "model": str(args.model), "method": method,
+                           "preset": card.get("preset"), "data": str(data_path), "images": len(data),
+                           "samples": args.samples, "seed": args.seed, "project": {}, "reference": None}
+
+    def summary(res: dict[str, Any]) -> dict[str, Any]:
+        s = res["summary"]
+        return {"ged": s["ged"][0], "ged_std": s["ged"][1], "dice": s["dice"][0],
+                "seconds": res["seconds"], "images": res["num_images"]}
+
+    for spec in specs:
+        cfg = parse_spec(spec, model.schedule.T)
+        pred = predictor_from_model(model, card, cfg, seed=args.seed, device=device)
+        out["project"][spec] = summary(evaluate_predictor(pred, data.images, data.masks, args.samples))
+        print(f"quality {spec}: GED_{args.samples} {out['project'][spec]['ged']:.4f}", flush=True)
+    if args.reference != "off":
+        ref_data = data.head(args.quality_reference_images)
+        res = evaluate_predictor(_ReferencePredictor(model, card, args.seed, device), ref_data.images,
+                                 ref_data.masks, args.samples)
+        out["reference"] = {"spec": specs[0], **summary(res)}
+        if len(ref_data) != len(data):  # compare on the same images
+            pred = predictor_from_model(model, card, parse_spec(specs[0], model.schedule.T), seed=args.seed,
+                                        device=device)
+            out["reference"]["project_same_images"] = summary(
+                evaluate_predictor(pred, ref_data.images, ref_data.masks, args.samples))
+    return out
+
+
+# -- the benchmark -----------------------------------------------------------------------------------
+
+def options_from(args) -> Options:
+    return Options(autocast=args.autocast, tf32=args.tf32, channels_last=args.channels_last,
+                   compile=args.compile, cuda_graphs=args.cuda_graphs, inference_mode=args.inference_mode)
+
+
+def precision(opts: Options) -> str:
+    return "bf16" if opts.autocast != "none" else ("tf32" if opts.tf32 else "fp32")
+
+
+def build_case(name: str, device, seed: int = 0):
+    method, preset, overrides, size = CASES[name]
+    if len(size) == 3:
+        overrides = {**overrides, "spatial_dims": 3}
+    torch.manual_seed(seed)
+    model = registry.build_model(method, registry.preset_config(method, preset, **overrides)).to(device).eval()
+    image = torch.randn(1, model.in_channels, *size, generator=torch.Generator().manual_seed(seed))
+    return method, preset, model, image
+
+
+def row_for(case: str, method: str, preset: str, sampler: str, spec: str, M: int, opts_label: str,
+            timing: measure.Timing, flops: dict[str, int], steps: int, peak: dict[str, Any], prec: str,
+            gemm: float | None) -> dict[str, Any]:
+    if sampler == "project":
+        total = flops["encode"] + M * steps * flops["denoise"]
+        step_flops = M * flops["denoise"]
+    else:
+        total = M * steps * (flops["encode"] + flops["denoise"])
+        step_flops = flops["encode"] + flops["denoise"]
+    achieved = step_flops / timing.per_step / 1e12
+    nominal = peak.get("tflops", {}).get(prec)
+    return {"case": case, "method": method, "preset": preset, "sampler": sampler, "steps": spec,
+            "num_steps": steps, "samples": M, "options": opts_label, "timing": timing.timing,
+            "seconds": timing.seconds, "per_step_s": timing.per_step, "first_step_s": timing.first,
+            "steps_measured": timing.steps_measured, "peak_mb": timing.memory.get("peak_mb"),
+            "extra_mb": timing.memory.get("extra_mb"), "memory_kind": timing.memory.get("kind"),
+            "flops_per_eval": flops["denoise"], "flops_encode": flops["encode"], "flops_total": total,
+            "achieved_tflops": achieved, "precision": prec, "peak_tflops": nominal,
+            "fraction_of_peak": achieved / nominal if nominal else None,
+            "fraction_of_gemm": achieved / gemm if gemm else None, "quality": NO_MODEL}
+
+
+def run(args) -> dict[str, Any]:
+    device = torch.device(args.device)
+    threads = args.threads or (2 if device.type == "cpu" else torch.get_num_threads())
+    torch.set_num_threads(threads)
+    measure_mode = args.measure if args.measure != "auto" else ("full" if device.type == "cuda" else "per-step")
+    ref_mode = args.reference if args.reference != "auto" else measure_mode
+    opts = options_from(args)
+    peak = measure.nominal_peak(device, threads)
+    gemm = {}
+    if not args.no_gemm_peak:
+        gemm["fp32"] = measure.gemm_peak(device, torch.float32)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            gemm["tf32"] = measure.gemm_peak(device, torch.float32)
+            torch.backends.cuda.matmul.allow_tf32 = False
+        gemm["bf16"] = measure.gemm_peak(device, torch.bfloat16)
+    result: dict[str, Any] = {
+        "command": "python -m training.benchmark_sampling " + " ".join(args.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": peak["name"], "device_type": device.type,
+        "threads": threads, "torch": torch.__version__, "python": platform.python_version(),
+        "peak": peak, "gemm_tflops": gemm, "measure": measure_mode, "reference_measure": ref_mode,
+        "rows": [], "sweep": []}
+    samples_for = dict(kv.split("=") for kv in (args.case_samples or "").split(",") if kv)
+    for case in args.cases.split(","):
+        if case not in CASES:
+            raise SystemExit(f"unknown case {case!r}: choose from {', '.join(CASES)}")
+        method, preset, model, image = build_case(case, device, args.seed)
+        M = int(samples_for.get(case, args.samples))
+        flops = measure.count_flops(model, image)
+        pspec = paper_spec(method, model)
+        specs = ([] if args.skip_paper_steps else [pspec]) + [s for s in reduced_specs(args, method) if s != pspec]
+        print(f"== {case}: {method}/{preset} {tuple(image.shape[2:])}, {M} hypotheses, "
+              f"{flops['denoise'] / 1e9:.2f} GFLOP per denoiser evaluation, "
+              f"{flops['encode'] / 1e9:.2f} GFLOP per encoding", flush=True)
+        ref_row = None
+        if args.reference != "off" and not args.skip_paper_steps:
+            t = measure.time_reference(model, image, M, n_steps(pspec) if method == "pgrd" else None, device,
+                                       measure=ref_mode, k=args.measured_steps, seed=args.seed)
+            ref_row = row_for(case, method, preset, "reference", pspec, M, "fp32 eager, batch 1", t, flops,
+                              n_steps(pspec), peak, "fp32", gemm.get("fp32"))
+            ref_row["speedup"] = 1.0
+            result["rows"].append(ref_row)
+            print(_line(ref_row), flush=True)
+        for spec in specs:
+            cfg = parse_spec(spec, model.schedule.T)
+            t = measure.time_project(model, image, M, cfg, device, measure=measure_mode, k=args.measured_steps,
+                                     seed=args.seed, batch_size=args.batch_size, options=opts,
+                                     warmup_steps=3 if (opts.compile != "off" or opts.cuda_graphs) else 1)
+            row = row_for(case, method, preset, "project", spec, M, opts.label(), t, flops, n_steps(spec), peak,
+                          precision(opts), gemm.get(precision(opts)))
+            if ref_row is not None:
+                row["speedup"] = ref_row["seconds"] / row["seconds"]
+                row["speedup_basis"] = ("measured" if row["timing"] == ref_row["timing"] == "measured"
+                                        else "per-step x steps")
+            result["rows"].append(row)
+            print(_line(row), flush=True)
+        if args.sweep_options and case == args.cases.split(",")[0]:
+            result["sweep"] = sweep(args, case, method, preset, model, image, M, flops, pspec, device, peak, gemm,
+                                    measure_mode)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    result["quality"] = quality(args, device)
+    attach_quality(result)
+    return result
+
+
+def sweep(args, case, method, preset, model, image, M, flops, spec, device, peak, gemm, mode) -> list[dict]:
+    """Each speed switch added in turn, measured on the first case at ``--sweep-steps`` (default: paper)."""
+    spec = args.sweep_steps or spec
+    steps = [Options()]
+    add = ([("tf32", True)] if device.type == "cuda" else []) + [("inference_mode", True), ("autocast", "bf16"),
+                                                                  ("channels_last", True)]
+    if device.type == "cuda" or args.sweep_compile:
+        add += [("compile", "default")]
+    if device.type == "cuda":
+        add += [("cuda_graphs", True)]
+    for key, value in add:
+        o = Options(**steps[-1].asdict())
+        setattr(o, key, value)
+        if key == "cuda_graphs":
+            o.compile = "off"  # reduce-overhead replaces the default mode
+        steps.append(o)
+    rows = []
+    for o in steps:
+        t = measure.time_project(model, image, M, parse_spec(spec, model.schedule.T), device, measure=mode,
+                                 k=args.measured_steps, seed=args.seed, batch_size=args.batch_size, options=o,
+                                 warmup_steps=3 if (o.compile != "off" or o.cuda_graphs) else 1)
+        row = row_for(case, method, preset, "project", spec, M, o.label(), t, flops, n_steps(spec), peak,
+                      precision(o), gemm.get(precision(o)))
+        row["speedup_vs_first"] = rows[0]["per_step_s"] / row["per_step_s"] if rows else 1.0
+        rows.append(row)
+        print("sweep " + _line(row), flush=True)
+    return rows
+
+
+def attach_quality(result: dict[str, Any]) -> None:
+    q = result["quality"]
+    for row in result["rows"]:
+        if q.get("status") != "ok" or (row["method"], row["preset"]) != (q["method"], q["preset"]):
+            row["quality"] = q.get("status") if q.get("status") != "ok" else f"{NO_MODEL} for this preset"
+            continue
+        if row["sampler"] == "reference":
+            row["quality"] = q["reference"] or "reference quality not run"
+        else:
+            row["quality"] = q["project"].get(row["steps"], "step count not scored")
+        paper = q["project"].get(next(iter(q["project"]), ""), {})
+        if isinstance(row["quality"], dict) and row["sampler"] == "project":
+            # equal quality: GED within 0.01 of the paper-step sampler (which draws the reference's
+            # hypotheses, same noise); the reference's own GED is in the reference row
+            row["quality"]["ged_within_0.01_of_paper_steps"] = abs(row["quality"]["ged"] - paper["ged"]) <= 0.01
+
+
+# -- output --------------------------------------------------------------------------------------------
+
+def _fmt(x: Any, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+HEADER = ("| case | sampler | steps | M | options | timing | time (s) | per step (s) | peak MB (+run) | GFLOP/eval "
+          "| TFLOP/s | % peak | % GEMM | speed-up | GED | Dice |")
+
+
+def _line(r: dict[str, Any]) -> str:
+    q = r["quality"]
+    ged = _fmt(q.get("ged"), 4) if isinstance(q, dict) else q
+    dice = _fmt(q.get("dice"), 4) if isinstance(q, dict) else "-"
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    return (f"| {r['case']} | {r['sampler']} | {r['steps']} | {r['samples']} | {r['options']} | {r['timing']} "
+            f"| {_fmt(r['seconds'], 2)} | {_fmt(r['per_step_s'], 3)} | {_fmt(r['peak_mb'], 0)} (+{_fmt(r['extra_mb'], 0)}) "
+            f"| {r['flops_per_eval'] / 1e9:.2f} | {_fmt(r['achieved_tflops'], 3)} | {pct(r['fraction_of_peak'])} "
+            f"| {pct(r['fraction_of_gemm'])} | {_fmt(r.get('speedup'), 1)} | {ged} | {dice} |")
+
+
+def table(result: dict[str, Any]) -> str:
+    sep = "|" + "---|" * (HEADER.count("|") - 1)
+    lines = [f"device: {result['device']} ({result['threads']} threads), torch {result['torch']}; "
+             f"peak {result['peak']['tflops']} TFLOP/s [{result['peak']['source']}]; measured GEMM "
+             f"{ {k: round(v, 3) for k, v in result['gemm_tflops'].items()} } TFLOP/s",
+             HEADER, sep] + [_line(r) for r in result["rows"]]
+    if result["sweep"]:
+        lines += ["", "option sweep (each switch added to the previous row):", HEADER, sep]
+        lines += [_line(r) for r in result["sweep"]]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m training.benchmark_sampling", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"comma list of {', '.join(CASES)}")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--samples", type=int, default=16, help="hypotheses per image (default 16)")
+    ap.add_argument("--case-samples", default="", help="per-case override, e.g. hsrdiff=2,pgrd-3d-96=1")
+    ap.add_argument("--steps", nargs="*", default=None,
+                    help="reduced step counts, e.g. ddim:50 ddim:10 ddpm:50 (the paper's are always added)")
+    ap.add_argument("--skip-paper-steps", action="store_true", help="time only --steps (no reference)")
+    ap.add_argument("--batch-size", type=int, default=None, help="(image, sample) pairs per network call")
+    ap.add_argument("--measure", choices=("auto", "full", "per-step"), default="auto")
+    ap.add_argument("--measured-steps", type=int, default=2, help="steps timed in per-step mode (>= 2)")
+    ap.add_argument("--reference", choices=("auto", "full", "per-step", "off"), default="auto",
+                    help="how to time the paper-faithful sampler (auto: as --measure)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU default 2)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none")
+    ap.add_argument("--tf32", action="store_true")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--compile", choices=("off", "default", "max-autotune-no-cudagraphs"), default="off")
+    ap.add_argument("--cuda-graphs", action="store_true", help="torch.compile mode reduce-overhead")
+    ap.add_argument("--inference-mode", action="store_true")
+    ap.add_argument("--sweep-options", action="store_true", help="measure each switch in turn (first case)")
+    ap.add_argument("--sweep-steps", default=None, help="step spec of the sweep (default: the paper's)")
+    ap.add_argument("--sweep-compile", action="store_true", help="include torch.compile in a CPU sweep")
+    ap.add_argument("--no-gemm-peak", action="store_true", help="skip the matmul peak measurement")
+    ap.add_argument("--model", default=None, help="trained model folder: GED/Dice at every step count")
+    ap.add_argument("--data", default=None, help="multi-reader npz (default $DIFFSEG_LIDC/val.npz or "
+                                                 "../shared/data/lidc128/val.npz)")
+    ap.add_argument("--quality-images", type=int, default=64)
+    ap.add_argument("--quality-reference-images", type=int, default=16)
+    ap.add_argument("--output", default="runs/benchmarks/sampling.json")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    result = run(args)
+    text = table(result)
+    print(text)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=str))
+    out.with_suffix(".md").write_text(text + "\n")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
