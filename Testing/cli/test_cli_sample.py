@@ -133,6 +133,9 @@ def test_2d_image_file(tmp_path, model2d):
 
 
 def test_models_lists_folders_from_option_and_environment(model2d, model3d):
+    card = json.loads((model3d / "model.json").read_text())
+    card["metrics"] = {"split": "val", "images": 8, "values": {"ged": 0.25, "hm_iou": 0.5}}
+    (model3d / "model.json").write_text(json.dumps(card))
     proc = testing.run_diffseg("models", "--models-dir", model2d.parent,
                                env={"DIFFSEG_MODELS": str(model3d.parent)})
     assert proc.returncode == 0, proc.stderr
@@ -141,6 +144,7 @@ def test_models_lists_folders_from_option_and_environment(model2d, model3d):
     by_name = {r.split()[0]: r.split() for r in rows}
     assert by_name["tiny2d"][1:7] == ["hsrdiff", "tiny", "2D", "1", "2", "ddpm"]
     assert by_name["tiny3d"][3:6] == ["3D", "1", "3"]
+    assert "val: ged=0.25 hm_iou=0.5" in proc.stdout
     proc = testing.run_diffseg("models", "--json", "--models-dir", model2d.parent)
     rows = json.loads(proc.stdout)
     assert [r["name"] for r in rows if r["folder"] == str(model2d)] == ["tiny2d"]

@@ -117,13 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- diffseg models --------------------------------------------------------------------------------
 
 def _metrics_text(metrics: Any) -> str:
-    if not isinstance(metrics, dict) or not metrics:
+    """The card's held-out numbers, ``{"split": ..., "values": {name: number}}`` (training.export)."""
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("values"), dict):
         return "-"
-    flat = metrics.get("val", metrics.get("validation", metrics.get("test", metrics)))
-    if not isinstance(flat, dict):
-        return "-"
-    parts = [f"{k}={v:.3g}" if isinstance(v, (int, float)) else None for k, v in flat.items()]
-    return " ".join(p for p in parts if p)[:60] or "-"
+    parts = [f"{k}={v:.3g}" for k, v in metrics["values"].items()
+             if isinstance(v, (int, float)) and k != "step"]
+    return (f"{metrics.get('split', '?')}: " + " ".join(parts))[:60] if parts else "-"
 
 
 def model_rows(models_dirs: Sequence[str] = ()) -> list[dict[str, Any]]:
