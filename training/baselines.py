@@ -418,14 +418,13 @@ def baseline_predictor(model: Baseline, preprocessing: Any = None, seed: int = 0
                        device: str | torch.device = "cpu"):
     """``predict(images (B, *S) raw, num_samples) -> (B, M, C, *S)`` for
     ``engine.evaluation.evaluate_predictor``: the same preprocessing as a model card
-    (``volumes.preprocess``; LIDC: {"kind": "scale", "input_range": [0, 255], ...}), then
+    (``volumes.preprocess``; LIDC: {"kind": "scale", "scale": 1/255, "offset": 0}), then
     ``sample_probabilities``. So baselines and diffusion models are scored by one code path."""
     import numpy as np
 
-    from DiffSegUncertaintyLib.engine.evaluation import card_preprocessing
     from DiffSegUncertaintyLib.engine.volumes import preprocess
 
-    spec = card_preprocessing(preprocessing)
+    spec = preprocessing
     model = model.to(torch.device(device))
 
     def predict(images: Any, num_samples: int) -> Tensor:

@@ -146,3 +146,16 @@ def test_save_model_refuses_inconsistent_descriptions(tmp_path):
     card_path.write_text(json.dumps(card))
     with pytest.raises(modelfile.ModelFileError, match="input.size"):
         modelfile.read_card(card_path.parent)
+
+
+def test_preprocessing_rejects_unknown_fields():
+    """A misspelt card field must not silently fall back to the identity."""
+    import numpy as np
+
+    from DiffSegUncertaintyLib.engine.checks import InputError
+    from DiffSegUncertaintyLib.engine.volumes import preprocess
+
+    x = np.arange(8, dtype=np.float32).reshape(1, 2, 4)
+    np.testing.assert_allclose(preprocess(x, {"kind": "scale", "scale": 0.5, "offset": 1.0}), x * 0.5 + 1)
+    with pytest.raises(InputError, match="input_range"):
+        preprocess(x, {"kind": "scale", "input_range": [0, 255]})

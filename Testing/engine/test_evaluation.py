@@ -14,7 +14,7 @@ from DiffSegUncertaintyLib.engine.checks import InputError
 
 REPO = Path(__file__).resolve().parents[2]
 LIDC = Path(os.environ.get("DIFFSEG_LIDC", REPO.parent / "shared" / "data" / "lidc128"))
-SCALE = {"kind": "scale", "input_range": [0, 255], "output_range": [0.0, 1.0]}
+SCALE = {"kind": "scale", "scale": 1 / 255, "offset": 0.0}
 
 
 def _set(n=4, size=16, readers=4, seed=0):
@@ -141,12 +141,6 @@ def test_format_table_several_methods_and_nan():
     assert "| A | 0.250 ± 0.010 | 0.600 ± 0.020 | - | - | n/a |" in t
     assert "| B | 80.00 ± 10.00 | 4.20 ± 1.00 | 0.20 ± 0.10 |" in t
     assert "soft label" in t and "GED_16" in t
-
-
-def test_card_preprocessing_forms():
-    assert evaluation.card_preprocessing(SCALE) == {"kind": "scale", "scale": 1 / 255, "offset": 0.0}
-    w = {"kind": "window", "lower": -1000, "upper": 400}
-    assert evaluation.card_preprocessing([w]) == [w]
 
 
 # -- diffusion models --------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ def test_baseline_predictor_scores_through_the_evaluation_path():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 16, 16), dtype=np.uint8)
     masks = (rng.random((3, 4, 16, 16)) > 0.7).astype(np.uint8)
-    spec = {"kind": "scale", "input_range": [0, 255], "output_range": [0.0, 1.0]}
+    spec = {"kind": "scale", "scale": 1 / 255, "offset": 0.0}
     res = evaluate_predictor(baseline_predictor(model, spec, seed=0), images, masks, 2, batch_size=2)
     assert len(res["per_image"]) == 3 and 0 <= res["summary"]["ged"][0] <= 2
     assert res["summary"]["diversity"][0] > 0  # MC dropout hypotheses differ

@@ -9,7 +9,7 @@ import torch
 from DiffSegUncertaintyLib.engine import metrics, modelfile, registry
 from training import figures
 
-SCALE = {"kind": "scale", "input_range": [0, 255], "output_range": [0.0, 1.0]}
+SCALE = {"kind": "scale", "scale": 1 / 255, "offset": 0.0}
 
 
 @pytest.fixture(scope="module")

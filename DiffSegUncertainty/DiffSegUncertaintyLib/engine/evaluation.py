@@ -183,20 +183,6 @@ def evaluate_predictor(predict: Predictor, images: np.ndarray, annotations: np.n
 
 # -- diffusion models as predictors ----------------------------------------------------------------
 
-def card_preprocessing(spec: Any) -> Any:
-    """The card's preprocessing in the form ``volumes.preprocess`` reads. A "scale" written as
-    input_range -> output_range (training/data/lidc.py) is turned into scale/offset here."""
-    if isinstance(spec, list):
-        return [card_preprocessing(s) for s in spec]
-    if isinstance(spec, dict) and spec.get("kind") == "scale" and "input_range" in spec and "scale" not in spec:
-        (a, b), (c, d) = spec["input_range"], spec.get("output_range", [0.0, 1.0])
-        if float(b) == float(a):
-            raise InputError("preprocessing scale has an empty input_range")
-        scale = (float(d) - float(c)) / (float(b) - float(a))
-        return {"kind": "scale", "scale": scale, "offset": float(c) - float(a) * scale}
-    return spec
-
-
 class ModelPredictor:
     """``predict(images, M)`` for a DiffusionSegmenter and its card (see ``predictor_from_model``).
     Keeps the sampler's extras (e.g. HSRDiff kappa, (B, M, steps) per call) and timesteps of the last
@@ -212,7 +198,7 @@ class ModelPredictor:
         if not isinstance(self.config, SamplerConfig):
             raise TypeError("sampler_config must be a SamplerConfig")
         inputs = card.get("input", {}) or {}
-        self.preprocessing = card_preprocessing(inputs.get("preprocessing"))
+        self.preprocessing = inputs.get("preprocessing")
         self.size = tuple(int(s) for s in inputs["size"]) if inputs.get("size") else None
         self.extras: list[dict[str, torch.Tensor]] = []
         self.timesteps: list[int] = []

@@ -126,6 +126,10 @@ def read_inputs(paths: Sequence[str | os.PathLike]) -> InputVolumes:
 
 # -- preprocessing ---------------------------------------------------------------------------------
 
+PREPROCESSING_FIELDS = {"none": set(), "window": {"lower", "upper"}, "zscore": {"nonzero"},
+                        "scale": {"scale", "offset"}}
+
+
 def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]] | None,
                mask: np.ndarray | None = None) -> np.ndarray:
     """Intensity preprocessing from the card's ``input.preprocessing``: one spec for every channel or a
@@ -145,6 +149,10 @@ def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]]
     for c, (x, s) in enumerate(zip(channels, specs)):
         x = x.astype(np.float32, copy=False)
         kind = (s or {}).get("kind", "none")
+        unknown = set(s or {}) - {"kind"} - PREPROCESSING_FIELDS.get(kind, set())
+        if unknown:  # a misspelt field would otherwise silently fall back to a default
+            raise InputError(f"preprocessing {kind!r} in the model card has unknown field(s) "
+                             f"{', '.join(sorted(unknown))}")
         if kind == "none":
             out[c] = x
         elif kind == "window":
