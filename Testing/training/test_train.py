@@ -149,6 +149,7 @@ def test_export_samples_through_the_engine_and_the_cli(resumed_run, lidc_root, t
     assert card["metrics"]["values"]["ged"] == pytest.approx(best["metrics"]["ged"])
     assert card["training"]["step"] == best["step"] and "training.train" in card["training"]["command"]
     assert card["input"]["size"] == [16, 16] and card["classes"] == ["background", "nodule"]
+    assert card["input"]["roi_required"] is True  # LIDC models are crop models
     image = torch.rand(1, 1, 16, 16)
     y0 = sample(model, image, 2, SamplerConfig(method="ddim", steps=2), seed=0).y0
     assert y0.shape == (1, 2, 2, 16, 16) and torch.isfinite(y0).all()
@@ -161,7 +162,8 @@ def test_export_samples_through_the_engine_and_the_cli(resumed_run, lidc_root, t
     sitk.WriteImage(sitk.GetImageFromArray(raw), str(tmp_path / "ct.nrrd"))
     proc = subprocess.run([str(exe), "sample", str(tmp_path / "ct.nrrd"), "--model", str(folder),
                            "--output", str(tmp_path / "out"), "--samples", "2", "--steps", "2",
-                           "--device", "cpu", "--quiet"], capture_output=True, text=True, timeout=300)
+                           "--roi", "0,0,0,16,16,2", "--device", "cpu", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert (tmp_path / "out" / "hypotheses.seg.nrrd").exists() and summary
