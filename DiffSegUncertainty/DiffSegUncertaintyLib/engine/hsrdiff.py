@@ -59,6 +59,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "hsrdiff": copy.deepcopy(DEFAULTS),
     "hsrdiff-light": {**copy.deepcopy(DEFAULTS), "channels": [48, 96, 160, 224], "c12_channels": 32,
                       "phi_channels": 64},
+    # What a 2-core CPU can train in about an hour on 64x64 crops (the shipped CPU model; docs/results.md).
+    "hsrdiff-small": {**copy.deepcopy(DEFAULTS), "channels": [32, 64, 96, 128], "num_res_blocks": 1,
+                      "norm_num_groups": 8, "c12_channels": 16, "phi_channels": 32},
     "tiny": {**copy.deepcopy(DEFAULTS), "channels": [8, 16], "num_res_blocks": 1, "norm_num_groups": 4,
              "c12_channels": 4, "phi_channels": 8, "phi_depth": 1},
 }

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job: sets up .venv on a fresh machine (.ci/setup-venv), then samples 16 hypotheses of a real
+# LIDC nodule with the shipped model and compares them with the four radiologists' readings.
+# Extra arguments go to `python -m training.demo` (--help lists them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source .ci/setup-venv
+exec .venv/bin/python -m training.demo "$@"
