@@ -17,6 +17,7 @@ head k mod N).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -25,9 +26,9 @@ from monai.losses import DiceLoss
 from monai.networks.blocks import Convolution
 from torch import Tensor, nn
 
-from DiffSegUncertaintyLib.engine.checks import check_image, check_labels
+from DiffSegUncertaintyLib.engine.checks import check_batch
 from DiffSegUncertaintyLib.engine.sampler import sample_seed
-from DiffSegUncertaintyLib.engine.unet import UNet, check_label_shape, check_size
+from DiffSegUncertaintyLib.engine.unet import UNet
 
 _BACKBONE_TINY = {"spatial_dims": 2, "in_channels": 1, "num_classes": 2, "channels": [4, 8],
                   "strides": [2], "num_res_units": 1}
@@ -102,14 +103,8 @@ class Baseline(nn.Module):
 
     def check_input(self, image: Tensor, labels: Tensor | None = None) -> None:
         """InputError before any work for an image (and labels) this network cannot take."""
-        check_image(image, spatial_dims=self.spatial_dims, in_channels=self.in_channels)
-        m = 1
-        for s in self.strides:
-            m *= s
-        check_size(image, m)
-        if labels is not None:
-            check_label_shape(image, labels)
-            check_labels(labels, self.num_classes)
+        check_batch(image, labels, spatial_dims=self.spatial_dims, in_channels=self.in_channels,
+                    num_classes=self.num_classes, size_multiple=math.prod(self.strides))
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device

@@ -7,7 +7,6 @@ import math
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np

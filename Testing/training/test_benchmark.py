@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
 import torch
 
 from DiffSegUncertaintyLib.engine import registry

@@ -4,7 +4,6 @@ an exported run samples through the engine and the ``diffseg sample`` command.""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path

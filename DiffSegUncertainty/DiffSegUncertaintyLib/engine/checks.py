@@ -7,7 +7,7 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["InputError", "check_image", "check_labels"]
+__all__ = ["InputError", "check_batch", "check_image", "check_labels", "check_label_shape", "check_size"]
 
 
 def check_image(image: torch.Tensor | np.ndarray, spatial_dims: int, in_channels: int,
@@ -44,3 +44,29 @@ def check_labels(labels: torch.Tensor | np.ndarray, num_classes: int, name: str 
     if lo < 0 or hi >= num_classes:
         raise InputError(f"{name} hold values {lo}..{hi} but the model has {num_classes} classes "
                          f"(0..{num_classes - 1})")
+
+
+def check_size(image: torch.Tensor, multiple: int, name: str = "image") -> None:
+    """Spatial sizes must be multiples of ``multiple`` (the network's total downsampling)."""
+    bad = [int(s) for s in image.shape[2:] if int(s) % multiple]
+    if bad:
+        raise InputError(f"{name} has spatial size {tuple(image.shape[2:])}: every size must be a multiple of "
+                         f"{multiple} for this network (pad or crop it)")
+
+
+def check_label_shape(image: torch.Tensor, labels: torch.Tensor) -> None:
+    """Labels (B, *S) must match the image (B, Cin, *S) voxel for voxel: one annotation per image."""
+    want = (image.shape[0], *image.shape[2:])
+    if tuple(labels.shape) != tuple(want):
+        raise InputError(f"labels have shape {tuple(labels.shape)} but the image needs {tuple(want)} "
+                         "(batch, *spatial) of integer classes")
+
+
+def check_batch(image: torch.Tensor, labels: torch.Tensor | None = None, *, spatial_dims: int,
+                in_channels: int, num_classes: int, size_multiple: int = 1) -> None:
+    """Everything a network checks before a forward pass or a loss: the image, its size, the labels."""
+    check_image(image, spatial_dims=spatial_dims, in_channels=in_channels)
+    check_size(image, size_multiple)
+    if labels is not None:
+        check_label_shape(image, labels)
+        check_labels(labels, num_classes)

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .checks import InputError, check_image, check_labels
+from .checks import check_batch, check_size
 from .diffusion import Condition, DiffusionSegmenter, NoiseSchedule, Prediction, embed_labels
 from .hsrdiff_blocks import (
     ConditionEncoder, Decoder, MiddleBlock, OutputConv, SelfRegulation, TimeEmbedding, XEncoder)
@@ -133,7 +133,7 @@ class HSRDiff(DiffusionSegmenter):
         self.spatial_dims, self.in_channels, self.num_classes = dims, cfg["in_channels"], cfg["num_classes"]
         self.tau_out = float(cfg["tau_out"])
         self.schedule = NoiseSchedule.from_config(cfg["schedule"])
-        self.size_divisor = 2 ** (len(ch) - 1)  # inputs must be a multiple of this (inference pads)
+        self.size_multiple = 2 ** (len(ch) - 1)  # inputs must be a multiple of this (inference pads)
         self.use_f_g, self.use_F_h = cfg["global_condition"], cfg["hierarchical_condition"]
         self.use_x0, self.kappa_mode = cfg["x0_head"], cfg["kappa_mode"]
 
@@ -159,7 +159,7 @@ class HSRDiff(DiffusionSegmenter):
 
     def encode(self, image: Tensor) -> Condition:
         """E_c once per image: {"F_h": [f_1..f_L] (empty when off), "f_g": tensor or None}."""
-        self._check_size(image.shape[2:])
+        check_size(image, self.size_multiple)
         cond: Condition = {"F_h": [], "f_g": None}
         if self.cond_encoder is not None:
             F_h, f_g = self.cond_encoder(image)
@@ -232,19 +232,9 @@ class HSRDiff(DiffusionSegmenter):
         return {"loss": total, "loss_d": loss_d, "loss_u": loss_u, "kappa": kappa.detach()}
 
     # -- checks -------------------------------------------------------------------------------------
-    def _check_size(self, spatial: torch.Size) -> None:
-        bad = [s for s in spatial if s % self.size_divisor]
-        if bad:
-            raise InputError(f"input size {tuple(spatial)} must be a multiple of {self.size_divisor} in "
-                             f"every dimension ({len(self._config['channels']) - 1} downsamplings)")
-
     def _check_batch(self, image: Tensor, labels: Tensor) -> None:
-        check_image(image, spatial_dims=self.spatial_dims, in_channels=self.in_channels)
-        if tuple(labels.shape) != (image.shape[0], *image.shape[2:]):
-            raise InputError(f"labels have shape {tuple(labels.shape)} but the image needs "
-                             f"{(image.shape[0], *image.shape[2:])} (one annotation per image, no channel)")
-        check_labels(labels, self.num_classes)
-        self._check_size(image.shape[2:])
+        check_batch(image, labels, spatial_dims=self.spatial_dims, in_channels=self.in_channels,
+                    num_classes=self.num_classes, size_multiple=self.size_multiple)
 
 
 def _validate(cfg: dict[str, Any]) -> None:

@@ -28,10 +28,10 @@ from monai.networks.blocks import Convolution
 from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor, nn
 
-from .checks import check_image, check_labels
+from .checks import check_batch, check_size
 from .diffusion import (Condition, DiffusionSegmenter, NoiseSchedule, Prediction, embed_labels,
                         embed_probabilities)
-from .unet import UNet, check_label_shape, check_size
+from .unet import UNet
 
 # Sampler defaults written to the model card (paper Sec. III-B: DDIM, eta = 0, S = 300 of T = 1000).
 DEFAULT_SAMPLING: dict[str, Any] = {"method": "ddim", "steps": 300, "eta": 0.0, "spacing": "leading",
@@ -181,11 +181,8 @@ class PGRD(DiffusionSegmenter):
     # -- DiffusionSegmenter ------------------------------------------------------------------------
     def check_input(self, image: Tensor, labels: Tensor | None = None) -> None:
         """Raise InputError before any work for an image (and labels) the model cannot take."""
-        check_image(image, spatial_dims=self.spatial_dims, in_channels=self.in_channels)
-        check_size(image, self.size_multiple)
-        if labels is not None:
-            check_label_shape(image, labels)
-            check_labels(labels, self.num_classes)
+        check_batch(image, labels, spatial_dims=self.spatial_dims, in_channels=self.in_channels,
+                    num_classes=self.num_classes, size_multiple=self.size_multiple)
 
     def encode(self, image: Tensor) -> Condition:
         """The embedded prior p = 2 softmax(pi_phi(X)) - 1, computed once per image without gradient.

@@ -17,7 +17,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet as _MonaiUNet
 from torch import Tensor, nn
 
-from .checks import InputError, check_image, check_labels
+from .checks import check_batch
 
 
 class _DecoderDropoutUNet(_MonaiUNet):
@@ -81,11 +81,8 @@ class UNet(nn.Module):
     # -- checks ------------------------------------------------------------------------------------
     def check_input(self, image: Tensor, labels: Tensor | None = None) -> None:
         """Raise InputError for an image (and labels) this network cannot take, before any work."""
-        check_image(image, spatial_dims=self.spatial_dims, in_channels=self.in_channels)
-        check_size(image, self.size_multiple)
-        if labels is not None:
-            check_label_shape(image, labels)
-            check_labels(labels, self.num_classes)
+        check_batch(image, labels, spatial_dims=self.spatial_dims, in_channels=self.in_channels,
+                    num_classes=self.num_classes, size_multiple=self.size_multiple)
 
     # -- use ---------------------------------------------------------------------------------------
     def forward(self, image: Tensor) -> Tensor:
@@ -108,22 +105,6 @@ class UNet(nn.Module):
             if isinstance(m, nn.modules.dropout._DropoutNd):
                 m.train()
         return self
-
-
-def check_size(image: Tensor, multiple: int, name: str = "image") -> None:
-    """Spatial sizes must be multiples of ``multiple`` (the network's total downsampling)."""
-    bad = [int(s) for s in image.shape[2:] if int(s) % multiple]
-    if bad:
-        raise InputError(f"{name} has spatial size {tuple(image.shape[2:])}: every size must be a multiple of "
-                         f"{multiple} for this network (pad or crop it)")
-
-
-def check_label_shape(image: Tensor, labels: Tensor) -> None:
-    """Labels (B, *S) must match the image (B, Cin, *S) voxel for voxel."""
-    want = (image.shape[0], *image.shape[2:])
-    if tuple(labels.shape) != tuple(want):
-        raise InputError(f"labels have shape {tuple(labels.shape)} but the image needs {tuple(want)} "
-                         "(batch, *spatial) of integer classes")
 
 
 def from_config(cfg: dict[str, Any]) -> UNet:
