@@ -181,18 +181,14 @@ def plot_case(image: np.ndarray, readings: np.ndarray, probabilities: np.ndarray
 def reliability_bins(p_bar: np.ndarray, labels: np.ndarray, n_bins: int = metrics.ECE_BINS
                      ) -> dict[str, list[float]]:
     """Per confidence bin the mean confidence, accuracy and voxel count of fused probabilities
-    p_bar (N, C, *S) against labels (N, *S): the bins ``metrics.ece`` sums over ((lo, hi], max class
-    probability). The ECE itself is ``metrics.ece``'s; this only exposes the bins for the plot."""
-    p = np.moveaxis(np.asarray(p_bar, dtype=np.float64), 1, -1).reshape(-1, np.shape(p_bar)[1])
-    y = np.asarray(labels).reshape(-1)
-    conf, pred = p.max(1), p.argmax(1)
-    bins = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins).astype(float)
+    p_bar (N, C, *S) against labels (N, *S), all images pooled: ``metrics.calibration_bins``, the
+    bins ``metrics.ece`` sums over."""
+    pooled = np.moveaxis(np.asarray(p_bar, dtype=np.float64), 1, 0).reshape(np.shape(p_bar)[1], -1)
+    b = metrics.calibration_bins(pooled, np.asarray(labels).reshape(-1), n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
-        acc = np.bincount(bins, weights=(pred == y).astype(float), minlength=n_bins) / count
-        mean_conf = np.bincount(bins, weights=conf, minlength=n_bins) / count
-    return {"edges": np.linspace(0, 1, n_bins + 1).tolist(), "confidence": mean_conf.tolist(),
-            "accuracy": acc.tolist(), "count": count.tolist()}
+        acc, conf = b["accuracy_sum"] / b["count"], b["confidence_sum"] / b["count"]
+    return {"edges": b["edges"].tolist(), "confidence": conf.tolist(), "accuracy": acc.tolist(),
+            "count": b["count"].tolist()}
 
 
 def plot_reliability(p_bar: np.ndarray, labels: np.ndarray, path: str | Path, name: str = "") -> Path:

@@ -295,15 +295,12 @@ def nll(probabilities: np.ndarray, reference: np.ndarray) -> float:
     return float(-(q * np.log(np.clip(p, NLL_CLIP, 1.0))).sum(0).mean())
 
 
-def ece(probabilities: np.ndarray, reference: np.ndarray, n_bins: int = ECE_BINS,
-        include_background: bool = True) -> float:
-    """Expected calibration error: confidence = max class probability, prediction = its class,
-    ``n_bins`` equal-width bins (lo, hi] on [0, 1], sum over bins of fraction * |accuracy - confidence|.
-
-    Accuracy of a voxel is 1[prediction == label] (soft reference: q[prediction]). All voxels by
-    default; ``include_background=False`` keeps the voxels predicted foreground or with any foreground
-    in the reference (q_0 < 1), NaN if there are none.
-    """
+def calibration_bins(probabilities: np.ndarray, reference: np.ndarray, n_bins: int = ECE_BINS,
+                     include_background: bool = True) -> dict[str, np.ndarray]:
+    """The bins ECE sums over: per equal-width bin (lo, hi] of confidence = max class probability, the
+    voxel count and the sums of confidence and accuracy (1[prediction == label]; soft reference:
+    q[prediction]). ``include_background=False`` keeps the voxels predicted foreground or with any
+    foreground in the reference (q_0 < 1). Also what a reliability diagram plots."""
     if int(n_bins) != n_bins or n_bins < 1:
         raise InputError(f"n_bins must be a positive integer (got {n_bins})")
     p = np.asarray(probabilities, dtype=np.float64)
@@ -319,12 +316,24 @@ def ece(probabilities: np.ndarray, reference: np.ndarray, n_bins: int = ECE_BINS
     if not include_background:
         keep = (pred != 0) | (q[0] < 1)
         conf, acc = conf[keep], acc[keep]
-    if conf.size == 0:
-        return math.nan
     bins = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    gap = (np.bincount(bins, weights=acc, minlength=n_bins)
-           - np.bincount(bins, weights=conf, minlength=n_bins))
-    return float(np.abs(gap).sum() / conf.size)
+    return {"edges": np.linspace(0, 1, n_bins + 1),
+            "count": np.bincount(bins, minlength=n_bins).astype(np.float64),
+            "confidence_sum": np.bincount(bins, weights=conf, minlength=n_bins),
+            "accuracy_sum": np.bincount(bins, weights=acc, minlength=n_bins)}
+
+
+def ece(probabilities: np.ndarray, reference: np.ndarray, n_bins: int = ECE_BINS,
+        include_background: bool = True) -> float:
+    """Expected calibration error: sum over the ``calibration_bins`` of
+    fraction * |accuracy - confidence| = |sum accuracy - sum confidence| / all voxels.
+    All voxels by default (NaN if ``include_background=False`` leaves none).
+    """
+    b = calibration_bins(probabilities, reference, n_bins, include_background)
+    total = b["count"].sum()
+    if total == 0:
+        return math.nan
+    return float(np.abs(b["accuracy_sum"] - b["confidence_sum"]).sum() / total)
 
 
 def miou_fused(probabilities: np.ndarray, annotations: np.ndarray, num_classes: int | None = None,
