@@ -26,11 +26,6 @@ Spacing = Literal["leading", "trailing", "linspace"]
 Variance = Literal["posterior", "beta"]
 
 
-def _bcast(coef: Tensor, like: Tensor) -> Tensor:
-    """Shape a per-sample coefficient (B,) to broadcast over (B, C, *spatial)."""
-    return coef.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
-
-
 class NoiseSchedule:
     """A discrete variance schedule beta_1..beta_T and everything derived from it."""
 
@@ -44,6 +39,7 @@ class NoiseSchedule:
         self.alphas = 1.0 - self.betas
         self.abar = np.cumprod(self.alphas)  # abar[0] = 1 exactly
         self._abar_t = torch.from_numpy(self.abar)
+        self._tables: dict[tuple[torch.device, torch.dtype], Tensor] = {}  # abar on each device/dtype
 
     # -- constructors ------------------------------------------------------------------------------
     @classmethod
@@ -111,11 +107,19 @@ class NoiseSchedule:
 
     # -- coefficients ------------------------------------------------------------------------------
     def abar_at(self, t: Tensor | int, like: Tensor) -> Tensor:
-        """abar_t for a batch of timesteps, broadcast to ``like``."""
-        t = torch.as_tensor(t).reshape(-1).long().cpu()
+        """abar_t for a batch of timesteps, broadcast to ``like``.
+
+        The table is indexed on ``like``'s device (a cached copy in its dtype), so a sampler step never
+        waits for the GPU to hand timesteps back to the CPU.
+        """
+        key = (like.device, like.dtype)
+        table = self._tables.get(key)
+        if table is None:
+            table = self._tables[key] = self._abar_t.to(device=like.device, dtype=like.dtype)
+        t = torch.as_tensor(t, device=like.device).reshape(-1).long()
         if t.numel() == 1 and like.shape[0] != 1:
             t = t.expand(like.shape[0])
-        return _bcast(self._abar_t[t], like).to(like.device)
+        return table[t].reshape(-1, *([1] * (like.ndim - 1)))
 
     # -- forward process ---------------------------------------------------------------------------
     def q_sample(self, x0: Tensor, t: Tensor | int, eps: Tensor) -> Tensor:
