@@ -132,7 +132,7 @@ def quality(args, device) -> dict[str, Any]:
     data_path = Path(args.data) if args.data else default_data()
     if not data_path.is_file():
         return {"status": f"no data at {data_path}", "model": str(args.model)}
-    data = load_multireader_npz(data_path).head(args.quality_images)
+    data = load_multireader_npz(data_path).subset(args.quality_images)
     specs = [paper_spec(method, model)] + reduced_specs(args, method)
     out: dict[str, Any] = {"status": "ok", "model": str(args.model), "method": method,
                            "preset": card.get("preset"), "data": str(data_path), "images": len(data),
@@ -149,7 +149,7 @@ def quality(args, device) -> dict[str, Any]:
         out["project"][spec] = summary(evaluate_predictor(pred, data.images, data.masks, args.samples))
         print(f"quality {spec}: GED_{args.samples} {out['project'][spec]['ged']:.4f}", flush=True)
     if args.reference != "off":
-        ref_data = data.head(args.quality_reference_images)
+        ref_data = data.subset(args.quality_reference_images)
         res = evaluate_predictor(_ReferencePredictor(model, card, args.seed, device), ref_data.images,
                                  ref_data.masks, args.samples)
         out["reference"] = {"spec": specs[0], **summary(res)}

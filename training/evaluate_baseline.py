@@ -43,14 +43,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=8, help="images per call")
-    ap.add_argument("--max-images", type=int, default=None)
+    ap.add_argument("--max-images", type=int, default=None, help="score N images evenly spaced over the file")
     ap.add_argument("--reference", choices=metrics.REFERENCES, default=metrics.DEFAULT_REFERENCE)
     ap.add_argument("--empty", choices=metrics.EMPTY_CONVENTIONS, default=metrics.DEFAULT_EMPTY)
     ap.add_argument("--output", required=True)
     args = ap.parse_args(argv)
     try:
         net, info, which = load_run(args.run, args.device)
-        data = load_multireader_npz(args.data).head(args.max_images)
+        data = load_multireader_npz(args.data).subset(args.max_images)
+        if info["config"]["data"].get("fit") == "crop" and info["input"].get("size"):
+            data = data.centre_crop(info["input"]["size"])  # scored on the box it was trained on
         predict = baseline_predictor(net, info.get("input", {}).get("preprocessing"), args.seed, args.device)
         result = evaluate_predictor(predict, data.images, data.masks, args.samples, args.batch_size, True,
                                     reference=args.reference, empty=args.empty,

@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         data = load_multireader_npz(args.data)
         if args.figure == "steps":
-            data = data.head(args.max_images)
+            data = data.subset(args.max_images)
             models = {}
             for m in args.model:
                 model, card = _load(m, args.device)
@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out = plot_case(data.images[i], data.masks[i], probs, args.out,
                                 f"{card.get('name', args.model)}: {data.item_id(i)}")
             else:
-                data = data.head(args.max_images)
+                data = data.subset(args.max_images)
                 p_bar = np.concatenate([np.asarray(pred(data.images[i:i + 1], args.samples).mean(1))
                                         for i in range(len(data))])
                 # reference: each reading in turn, as the default of metrics.score_image

@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def test_load_multireader_npz_round_trip(tmp_path):
                 nodule=np.array([0, 0, 1, 1], np.int16), slice=np.array([3, 4, 0, 1], np.int16))
     data = evaluation.load_multireader_npz(path)
     assert np.array_equal(data.images, images) and np.array_equal(data.masks, masks)
-    assert data.item_id(3) == "b-n1-s1" and len(data.head(2)) == 2
+    assert data.item_id(3) == "b-n1-s1" and len(data.subset(2)) == 2
 
 
 @pytest.mark.parametrize("arrays, message", [
@@ -204,3 +205,36 @@ def test_evaluate_command_bad_input_exit_2(tiny_model, tmp_path, capsys):
     assert "classes" in capsys.readouterr().err and not (tmp_path / "o").exists()
     args = parser.parse_args(["--model", str(tmp_path / "nope"), "--data", str(data), "--output", str(tmp_path / "o")])
     assert evaluation.run(args) == 2
+
+
+def test_subset_is_evenly_spaced_and_centre_crop_matches_the_training_crop():
+    images, masks = _set(n=10, size=32)
+    data = evaluation.MultiReaderSet(images, masks, patient=np.arange(10).astype(str))
+    sub = data.subset(4)
+    assert [str(p) for p in sub.patient] == ["0", "3", "6", "9"]  # not the first four
+    assert data.subset(None) is data and data.subset(50) is data
+    crop = data.centre_crop([16, 16])
+    assert np.array_equal(crop.images, images[:, 8:24, 8:24]) and np.array_equal(crop.masks, masks[:, :, 8:24, 8:24])
+    from training.data.common import center_crop  # the box training used (fit = "crop")
+    assert np.array_equal(center_crop(torch.from_numpy(images), (16, 16)).numpy(), crop.images)
+    with pytest.raises(InputError, match="does not fit"):
+        data.centre_crop([64, 64])
+
+
+def test_a_crop_model_is_scored_on_the_centre_box(tiny_model, tmp_path):
+    """A crop model (card input.roi_required) on 32x32 data sees the centre 16x16 box, not a resize:
+    the result equals scoring the pre-cropped data."""
+    crop_model = Path(shutil.copytree(tiny_model, tmp_path / "crop"))
+    card = json.loads((crop_model / "model.json").read_text())
+    card["input"]["roi_required"] = True
+    (crop_model / "model.json").write_text(json.dumps(card))
+    images, masks = _set(n=3, size=32)
+    big = _npz(tmp_path / "big.npz", images, masks)
+    small = _npz(tmp_path / "small.npz", images[:, 8:24, 8:24], masks[:, :, 8:24, 8:24])
+    parser = evaluation.configure_parser(argparse.ArgumentParser())
+    for data, model, out in ((big, crop_model, "a"), (small, tiny_model, "b")):
+        args = parser.parse_args(["--model", str(model), "--data", str(data), "--samples", "2",
+                                  "--output", str(tmp_path / out)])
+        assert evaluation.run(args) == 0
+    a, b = (json.loads((tmp_path / o / "metrics.json").read_text())["summary"] for o in "ab")
+    assert a == b

@@ -58,13 +58,26 @@ class MultiReaderSet:
     def __len__(self) -> int:
         return len(self.images)
 
-    def head(self, n: int | None) -> "MultiReaderSet":
-        """The first n images (all of them for None)."""
-        if n is None:
+    def subset(self, n: int | None) -> "MultiReaderSet":
+        """n images evenly spaced over the file (all of them for None): consecutive slices come from
+        one nodule, so the first n would score a handful of patients."""
+        if n is None or int(n) >= len(self):
             return self
-        cut = lambda a: None if a is None else a[:int(n)]  # noqa: E731
-        return MultiReaderSet(self.images[:n], self.masks[:n], cut(self.patient), cut(self.nodule),
-                              cut(self.slice), self.path)
+        idx = np.linspace(0, len(self) - 1, int(n)).round().astype(int)
+        pick = lambda a: None if a is None else a[idx]  # noqa: E731
+        return MultiReaderSet(self.images[idx], self.masks[idx], pick(self.patient), pick(self.nodule),
+                              pick(self.slice), self.path)
+
+    def centre_crop(self, size: Sequence[int]) -> "MultiReaderSet":
+        """The centre box of ``size`` of every image and mask. A crop model is scored on the box it
+        was trained on: the LIDC crops are centred on the nodule, and a crop model must not see a
+        resized (rescaled) image."""
+        spatial = self.images.shape[1:]
+        if len(size) != len(spatial) or any(int(z) > s for z, s in zip(size, spatial)):
+            raise InputError(f"the model's input size {list(size)} does not fit in the data's {list(spatial)}")
+        box = tuple(slice((s - int(z)) // 2, (s - int(z)) // 2 + int(z)) for z, s in zip(size, spatial))
+        return MultiReaderSet(self.images[(slice(None), *box)], self.masks[(slice(None), slice(None), *box)],
+                              self.patient, self.nodule, self.slice, self.path)
 
     def item_id(self, i: int) -> str:
         if self.patient is None:
@@ -366,7 +379,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="(image, sample) pairs per network call; images per call = max(1, this // samples)")
-    parser.add_argument("--max-images", type=int, default=None, help="score only the first N images")
+    parser.add_argument("--max-images", type=int, default=None, help="score N images evenly spaced over the file")
     parser.add_argument("--reference", choices=metrics.REFERENCES, default=metrics.DEFAULT_REFERENCE,
                         help="reference for Dice/NLL/ECE with several annotations")
     parser.add_argument("--empty", choices=metrics.EMPTY_CONVENTIONS, default=metrics.DEFAULT_EMPTY,
@@ -378,15 +391,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 def run(args: argparse.Namespace) -> int:
     """Exit codes as ``diffseg sample``: 0 done, 2 bad input (message on stderr), 130 interrupted."""
-    from .modelfile import load_model, resolve_model
+    from .modelfile import load_model, resolve_model, roi_required
     try:
         if args.samples < 1:
             raise InputError("--samples must be at least 1")
         if args.max_images is not None and args.max_images < 1:
             raise InputError("--max-images must be at least 1")
         folder = resolve_model(args.model, args.models_dir)
-        data = load_multireader_npz(args.data).head(args.max_images)
+        data = load_multireader_npz(args.data).subset(args.max_images)
         model, card = load_model(folder, args.device)
+        if roi_required(card):
+            data = data.centre_crop(card["input"]["size"])
         hi = int(data.masks.max())
         if hi >= int(model.num_classes):
             raise InputError(f"{args.data} has labels up to {hi} but the model has {model.num_classes} classes")
