@@ -205,3 +205,24 @@ def test_table6_configs_match_engine_ablations(config_name, row):
     effective = {k: switches.get(k, defaults[k]) for k in set(switches) | set(ABLATIONS[row])}
     expected = {k: ABLATIONS[row].get(k, defaults[k]) for k in effective}
     assert effective == expected
+
+
+def test_ema_warmup_forgets_the_initial_weights():
+    from torch.optim.swa_utils import AveragedModel
+
+    from training.train import ema_with_warmup
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(0.999), use_buffers=True)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema.update_parameters(net)  # the first update copies: the EMA starts at 1
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    for _ in range(600):
+        ema.update_parameters(net)
+    w = float(ema.module.weight.detach())
+    # decay_n = (1 + n) / (10 + n): the weight of the start is prod_{n=1}^{600} decay_n = 10! * 601 / 610! ...
+    expected = float(np.prod([(1 + n) / (10 + n) for n in range(1, 601)]))
+    assert w == pytest.approx(expected, rel=1e-4) and w < 1e-15
+    # a fixed 0.999 would have kept 0.999^600 = 0.55 of the random start
