@@ -1,6 +1,7 @@
 """Turn a training run into a model folder the engine, ``diffseg sample`` and Slicer load.
 
     python -m training.export --run runs/<exp> --output <models folder>/<name> [--name NAME] [--half]
+        [--sampler ddpm|ddim] [--steps N] [--metrics metrics.json]
 
 Takes the best checkpoint by the run's validation metric (EMA weights; the last EMA weights when the
 run never validated, said on stderr), rebuilds the network from the run's architecture and writes it
@@ -15,6 +16,7 @@ those; the prior stage and the baselines are evaluated from their runs (training
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,14 @@ from DiffSegUncertaintyLib.engine.modelfile import save_model
 from . import checkpoint as ck
 
 
-def export_run(run: str | Path, output: str | Path, name: str | None = None, half: bool = False
-               ) -> Path:
-    """Write the model folder of ``run`` to ``output``; returns its path."""
+def export_run(run: str | Path, output: str | Path, name: str | None = None, half: bool = False,
+               sampling: dict[str, Any] | None = None, evaluation: str | Path | None = None) -> Path:
+    """Write the model folder of ``run`` to ``output``; returns its path.
+
+    sampling: SamplerConfig fields replacing the config's [sampling] (the sampler chosen on val).
+    evaluation: a ``diffseg evaluate`` metrics.json whose numbers go into the card instead of the
+    training-time validation (which uses few images and samples).
+    """
     run, output = Path(run), Path(output)
     info = ck.read_config(run)
     cfg, arch = info["config"], info["architecture"]
@@ -41,10 +48,17 @@ def export_run(run: str | Path, output: str | Path, name: str | None = None, hal
               file=sys.stderr)
     model = registry.build_model(method, arch)
     model.load_state_dict(state["weights"])
-    sampling = _sampling(method, cfg.get("sampling") or {})
+    sampling = _sampling(method, {**(cfg.get("sampling") or {}), **(sampling or {})})
     metrics: dict[str, Any] | None = None
-    if state.get("metrics"):
-        metrics = {"split": cfg["data"]["val_split"], "step": state["step"],
+    if evaluation is not None:
+        doc = json.loads(Path(evaluation).read_text())
+        metrics = {"split": cfg["data"]["val_split"], "step": state["step"], "source": "diffseg evaluate",
+                   "data": doc.get("data"), "images": doc["num_images"], "samples": doc["num_samples"],
+                   "sampler": doc.get("sampler_config"), "conventions": doc.get("conventions_text"),
+                   "values": {k: v["mean"] for k, v in doc["summary"].items()},
+                   "std": {k: v["std"] for k, v in doc["summary"].items()}}
+    elif state.get("metrics"):
+        metrics = {"split": cfg["data"]["val_split"], "step": state["step"], "source": "training validation",
                    **state.get("settings", {}), "values": state["metrics"]}
     last = ck.load(run / ck.LAST) if (run / ck.LAST).exists() else {}
     training = {"data": info["data"], "command": info["command"], "config": cfg.get("name"),
@@ -69,9 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", required=True, help="model folder to write (<models folder>/<name>)")
     ap.add_argument("--name", help="model name in the card (default: the output folder's name)")
     ap.add_argument("--half", action="store_true", help="store weights as float16")
+    ap.add_argument("--sampler", choices=("ddpm", "ddim"), help="the card's default sampler (chosen on val)")
+    ap.add_argument("--steps", type=int, help="the card's default number of sampler steps")
+    ap.add_argument("--metrics", help="a `diffseg evaluate` metrics.json to record in the card")
     args = ap.parse_args(argv)
+    chosen = {k: v for k, v in (("method", args.sampler), ("steps", args.steps)) if v is not None}
     try:
-        path = export_run(args.run, args.output, args.name, args.half)
+        path = export_run(args.run, args.output, args.name, args.half, chosen, args.metrics)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
