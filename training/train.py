@@ -289,8 +289,21 @@ def _device(name: str | None, local_rank: int) -> torch.device:
 
 
 def hardware(device: torch.device, world: int) -> str:
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
-    return f"{world} x {gpu} ({device.type}), torch {torch.__version__}"
+    """What the card says a run trained on: the GPU's name, or the CPU's model and core count."""
+    if device.type == "cuda":
+        return f"{world} x {torch.cuda.get_device_name(device)} (cuda), torch {torch.__version__}"
+    return f"{world} x {cpu_name()} with {os.cpu_count()} cores (cpu), torch {torch.__version__}"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
 
 
 def train(cfg: dict[str, Any], out: Path, *, data_root: str | None = None, max_steps: int | None = None,
