@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from DiffSegUncertaintyLib.engine import evaluation, modelfile, registry
+from DiffSegUncertaintyLib.engine import evaluation, modelfile, testing
 from DiffSegUncertaintyLib.engine.checks import InputError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,15 +148,9 @@ def test_format_table_several_methods_and_nan():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = registry.preset_config("hsrdiff", "tiny", schedule={"kind": "linear", "T": 20, "scale_to_T": True})
-    model = registry.build_model("hsrdiff", cfg)
-    folder = tmp_path_factory.mktemp("models") / "tiny"
-    modelfile.save_model(model, folder, name="hsrdiff-tiny-test", method="hsrdiff", preset="tiny",
-                         sampling={"method": "ddim", "steps": 2}, inputs={
-                             "channels": [{"name": "CT", "modality": "CT"}], "size": [16, 16],
-                             "preprocessing": SCALE}, classes=["background", "nodule"])
-    return folder
+    return testing.make_tiny_model_folder(
+        tmp_path_factory.mktemp("models") / "tiny", name="hsrdiff-tiny-test", size=[16, 16],
+        preprocessing=SCALE, sampling={"method": "ddim", "steps": 2}, config={"schedule": {"kind": "linear", "T": 20, "scale_to_T": True}})
 
 
 def test_predictor_from_model_seeds_batches_and_resizes(tiny_model):

@@ -4,9 +4,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from DiffSegUncertaintyLib.engine import metrics, modelfile, registry
+from DiffSegUncertaintyLib.engine import metrics, modelfile, testing
 from training import figures
 
 SCALE = {"kind": "scale", "scale": 1 / 255, "offset": 0.0}
@@ -14,14 +13,9 @@ SCALE = {"kind": "scale", "scale": 1 / 255, "offset": 0.0}
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = registry.preset_config("hsrdiff", "tiny", schedule={"kind": "linear", "T": 20, "scale_to_T": True})
-    model = registry.build_model("hsrdiff", cfg)
-    folder = tmp_path_factory.mktemp("models") / "hsr"
-    modelfile.save_model(model, folder, name="hsr-tiny", method="hsrdiff", preset="tiny",
-                         sampling={"method": "ddpm", "steps": None},
-                         inputs={"channels": [{"name": "CT", "modality": "CT"}], "size": [16, 16],
-                                 "preprocessing": SCALE}, classes=["background", "nodule"])
+    folder = testing.make_tiny_model_folder(
+        tmp_path_factory.mktemp("models") / "hsr", name="hsr-tiny", size=[16, 16], preprocessing=SCALE,
+        sampling={"method": "ddpm", "steps": None}, config={"schedule": {"kind": "linear", "T": 20, "scale_to_T": True}})
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 16, 16), dtype=np.uint8)
     masks = np.zeros((3, 4, 16, 16), np.uint8)

@@ -24,9 +24,10 @@ def make_tiny_model_folder(path: str | os.PathLike, method: str = "hsrdiff", spa
                            size: Sequence[int] | None = None,
                            preprocessing: dict[str, Any] | list | None = None,
                            sampling: dict[str, Any] | None = None, seed: int = 0,
-                           half: bool = False) -> Path:
+                           half: bool = False, config: dict[str, Any] | None = None) -> Path:
     """Build the method's "tiny" preset untrained (weights from ``seed``) and save it as a model folder
-    at ``path``; returns the folder. Default sampling: the method's defaults with 3 steps."""
+    at ``path``; returns the folder. Default sampling: the method's defaults with 3 steps. ``config``
+    replaces preset fields (e.g. a short schedule)."""
     import torch
 
     from . import registry
@@ -34,7 +35,7 @@ def make_tiny_model_folder(path: str | os.PathLike, method: str = "hsrdiff", spa
 
     torch.manual_seed(seed)
     cfg = registry.preset_config(method, "tiny", spatial_dims=spatial_dims, in_channels=in_channels,
-                                 num_classes=num_classes)
+                                 num_classes=num_classes, **(config or {}))
     model = registry.build_model(method, cfg)
     module = registry._module(method)
     samp = dict(getattr(module, "DEFAULT_SAMPLING", {}))
