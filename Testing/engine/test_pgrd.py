@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from DiffSegUncertaintyLib.engine import pgrd
+from DiffSegUncertaintyLib.engine import pgrd, testing
 from DiffSegUncertaintyLib.engine.checks import InputError
 from DiffSegUncertaintyLib.engine.diffusion import embed_labels
 from DiffSegUncertaintyLib.engine.registry import build_model, preset_config
@@ -27,11 +27,7 @@ def _model(seed=0, **overrides):
     return model
 
 
-def _batch(spatial=(16, 16), cin=1, classes=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    image = torch.randn(2, cin, *spatial, generator=g)
-    labels = torch.randint(0, classes, (2, *spatial), generator=g)
-    return image, labels
+_batch = testing.random_batch
 
 
 def test_config_round_trip_through_the_registry():

@@ -5,17 +5,14 @@ import json
 import pytest
 import torch
 
+from DiffSegUncertaintyLib.engine import testing
 from DiffSegUncertaintyLib.engine.checks import InputError
 from DiffSegUncertaintyLib.engine.unet import UNet, from_config
 
 TINY = dict(channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
 
 
-def _batch(spatial=(16, 16), cin=1, classes=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    image = torch.randn(2, cin, *spatial, generator=g)
-    labels = torch.randint(0, classes, (2, *spatial), generator=g)
-    return image, labels
+_batch = testing.random_batch
 
 
 def test_config_round_trip_rebuilds_the_same_network():

@@ -11,10 +11,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+
+if TYPE_CHECKING:  # torch is imported where it is used: reading cards must not need it
+    import torch
 
 TINY_SIZE = {2: [16, 16], 3: [16, 16, 16]}
 
@@ -53,6 +56,17 @@ def make_tiny_model_folder(path: str | os.PathLike, method: str = "hsrdiff", spa
                       inputs=inputs, classes=classes,
                       training={"data": "none (untrained test model)", "command": "testing.py"},
                       metrics=None, half=half)
+
+
+def random_batch(spatial: Sequence[int] = (16, 16), cin: int = 1, classes: int = 2, seed: int = 0,
+                 batch: int = 2) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """A seeded (image (B, cin, *spatial), integer labels (B, *spatial)) pair for network tests."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(batch, cin, *spatial, generator=g)
+    labels = torch.randint(0, classes, (batch, *spatial), generator=g)
+    return image, labels
 
 
 def blob_array(shape: Sequence[int], seed: int = 0, channels: int = 1) -> np.ndarray:
