@@ -14,9 +14,12 @@ networks give meaningless GED. Prints a table and writes everything to JSON (doc
 
 Timing modes (``--measure``): "full" times whole runs; "per-step" stops each run after
 ``--measured-steps`` steps and extrapolates (labelled "per-step x steps" everywhere). Default: full on a
-GPU, per-step on a CPU. Speed switches (``--tf32 --autocast bf16 --channels-last --compile --cuda-graphs
---inference-mode``) apply to the project's sampler; ``--sweep-options`` measures each one added in turn.
-The reference always runs fp32 eager.
+GPU, per-step on a CPU. Speed switches (``--precision bf16`` / ``--autocast bf16``, ``--channels-last``:
+the sampler's own options; ``--tf32 --autocast fp16 --compile --cuda-graphs``: applied around it) apply to
+the project's sampler; ``--sweep-options`` measures each one added in turn; ``--chunk-sweep 1,2,4,8,16``
+measures chunk size x precision x memory format on the first case. The sampler always runs under
+torch.inference_mode and, without ``--batch-size``, with its device-aware default chunk. The reference
+always runs fp32 eager, batch 1. Quality vs step count in detail: ``python -m training.bench.quality``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -50,6 +54,7 @@ CASES: dict[str, tuple[str, str, dict[str, Any], tuple[int, ...]]] = {
     "pgrd-2d": ("pgrd", "pgrd-2d", {}, (128, 128)),
     "pgrd-3d-stack": ("pgrd", "pgrd-3d", {}, (32, 128, 128)),   # 128 x 128 x 32 nodule stack
     "pgrd-3d-96": ("pgrd", "pgrd-3d", {}, (96, 96, 96)),         # 96^3 MRI patch
+    "hsrdiff-small-64": ("hsrdiff", "hsrdiff-small", {}, (64, 64)),  # the trained CPU model's size
     "tiny-hsrdiff": ("hsrdiff", "tiny", {}, (64, 64)),           # tests / smoke runs
     "tiny-pgrd": ("pgrd", "tiny", {}, (64, 64)),
 }
@@ -121,41 +126,45 @@ class _ReferencePredictor:
 
 
 def quality(args, device) -> dict[str, Any]:
-    """GED_16 / Dice of the trained model at every step count (and of the reference at the paper's)."""
+    """GED_M / HM-IoU_M / Dice of the trained model at every step count, on the same evenly spaced val
+    images (crop models: the centre box, ``bench.quality.load_data``), with the paired difference to the
+    paper's step count (``bench.quality.study``); and the reference's at the paper's."""
     if not args.model:
         return {"status": NO_MODEL}
-    from DiffSegUncertaintyLib.engine.evaluation import (evaluate_predictor, load_multireader_npz,
-                                                         predictor_from_model)
+    from DiffSegUncertaintyLib.engine.evaluation import evaluate_predictor, predictor_from_model
     from DiffSegUncertaintyLib.engine.modelfile import load_model
+
+    from .bench import quality as qmod
     model, card = load_model(args.model, device)
     method = card["method"]
     data_path = Path(args.data) if args.data else default_data()
     if not data_path.is_file():
         return {"status": f"no data at {data_path}", "model": str(args.model)}
-    data = load_multireader_npz(data_path).subset(args.quality_images)
-    specs = [paper_spec(method, model)] + reduced_specs(args, method)
+    data = qmod.load_data(data_path, card, args.quality_images)
+    specs = [paper_spec(method, model)] + [s for s in reduced_specs(args, method) if s != paper_spec(method, model)]
+    res = qmod.study(model, card, data, specs, samples=args.samples, seed=args.seed, device=device,
+                     batch_size=args.batch_size)
     out: dict[str, Any] = {"status": "ok", "model": str(args.model), "method": method,
                            "preset": card.get("preset"), "data": str(data_path), "images": len(data),
-                           "samples": args.samples, "seed": args.seed, "project": {}, "reference": None}
+                           "image_size": list(data.images.shape[1:]), "samples": args.samples, "seed": args.seed,
+                           "baseline": res["baseline"], "reference": None,
+                           "project": {spec: {**{k: v for k, v in r.items() if k != "vs_baseline"},
+                                              "ged_vs_paper": r["vs_baseline"]["ged"]}
+                                       for spec, r in res["rows"].items()}}
 
-    def summary(res: dict[str, Any]) -> dict[str, Any]:
-        s = res["summary"]
-        return {"ged": s["ged"][0], "ged_std": s["ged"][1], "dice": s["dice"][0],
-                "seconds": res["seconds"], "images": res["num_images"]}
+    def summary(r: dict[str, Any]) -> dict[str, Any]:
+        s = r["summary"]
+        return {"ged": s["ged"][0], "ged_std": s["ged"][1], "hm_iou": s["hm_iou"][0], "dice": s["dice"][0],
+                "seconds": r["seconds"], "images": r["num_images"]}
 
-    for spec in specs:
-        cfg = parse_spec(spec, model.schedule.T)
-        pred = predictor_from_model(model, card, cfg, seed=args.seed, device=device)
-        out["project"][spec] = summary(evaluate_predictor(pred, data.images, data.masks, args.samples))
-        print(f"quality {spec}: GED_{args.samples} {out['project'][spec]['ged']:.4f}", flush=True)
     if args.reference != "off":
         ref_data = data.subset(args.quality_reference_images)
-        res = evaluate_predictor(_ReferencePredictor(model, card, args.seed, device), ref_data.images,
-                                 ref_data.masks, args.samples)
-        out["reference"] = {"spec": specs[0], **summary(res)}
+        r = evaluate_predictor(_ReferencePredictor(model, card, args.seed, device), ref_data.images,
+                               ref_data.masks, args.samples)
+        out["reference"] = {"spec": specs[0], **summary(r)}
         if len(ref_data) != len(data):  # compare on the same images
             pred = predictor_from_model(model, card, parse_spec(specs[0], model.schedule.T), seed=args.seed,
-                                        device=device)
+                                        device=device, batch_size=args.batch_size)
             out["reference"]["project_same_images"] = summary(
                 evaluate_predictor(pred, ref_data.images, ref_data.masks, args.samples))
     return out
@@ -164,12 +173,13 @@ def quality(args, device) -> dict[str, Any]:
 # -- the benchmark -----------------------------------------------------------------------------------
 
 def options_from(args) -> Options:
-    return Options(autocast=args.autocast, tf32=args.tf32, channels_last=args.channels_last,
+    autocast = "bf16" if args.precision == "bf16" else args.autocast
+    return Options(autocast=autocast, tf32=args.tf32, channels_last=args.channels_last,
                    compile=args.compile, cuda_graphs=args.cuda_graphs, inference_mode=args.inference_mode)
 
 
 def precision(opts: Options) -> str:
-    return "bf16" if opts.autocast != "none" else ("tf32" if opts.tf32 else "fp32")
+    return opts.autocast if opts.autocast != "none" else ("tf32" if opts.tf32 else "fp32")
 
 
 def build_case(name: str, device, seed: int = 0):
@@ -201,7 +211,8 @@ def row_for(case: str, method: str, preset: str, sampler: str, spec: str, M: int
             "flops_per_eval": flops["denoise"], "flops_encode": flops["encode"], "flops_total": total,
             "achieved_tflops": achieved, "precision": prec, "peak_tflops": nominal,
             "fraction_of_peak": achieved / nominal if nominal else None,
-            "fraction_of_gemm": achieved / gemm if gemm else None, "quality": NO_MODEL}
+            "fraction_of_gemm": achieved / gemm if gemm else None, "quality": NO_MODEL,
+            "chunk": timing.chunk if sampler == "project" else 1}
 
 
 def run(args) -> dict[str, Any]:
@@ -225,7 +236,7 @@ def run(args) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": peak["name"], "device_type": device.type,
         "threads": threads, "torch": torch.__version__, "python": platform.python_version(),
         "peak": peak, "gemm_tflops": gemm, "measure": measure_mode, "reference_measure": ref_mode,
-        "rows": [], "sweep": []}
+        "rows": [], "sweep": [], "chunk_sweep": []}
     samples_for = dict(kv.split("=") for kv in (args.case_samples or "").split(",") if kv)
     for case in args.cases.split(","):
         if case not in CASES:
@@ -260,6 +271,9 @@ def run(args) -> dict[str, Any]:
                                         else "per-step x steps")
             result["rows"].append(row)
             print(_line(row), flush=True)
+        if args.chunk_sweep and case == args.cases.split(",")[0]:
+            result["chunk_sweep"] = chunk_sweep(args, case, method, preset, model, image, M, flops, pspec, device,
+                                                peak, gemm)
         if args.sweep_options and case == args.cases.split(",")[0]:
             result["sweep"] = sweep(args, case, method, preset, model, image, M, flops, pspec, device, peak, gemm,
                                     measure_mode)
@@ -275,8 +289,7 @@ def sweep(args, case, method, preset, model, image, M, flops, spec, device, peak
     """Each speed switch added in turn, measured on the first case at ``--sweep-steps`` (default: paper)."""
     spec = args.sweep_steps or spec
     steps = [Options()]
-    add = ([("tf32", True)] if device.type == "cuda" else []) + [("inference_mode", True), ("autocast", "bf16"),
-                                                                  ("channels_last", True)]
+    add = ([("tf32", True)] if device.type == "cuda" else []) + [("autocast", "bf16"), ("channels_last", True)]
     if device.type == "cuda" or args.sweep_compile:
         add += [("compile", "default")]
     if device.type == "cuda":
@@ -300,6 +313,48 @@ def sweep(args, case, method, preset, model, image, M, flops, spec, device, peak
     return rows
 
 
+def chunk_sweep(args, case, method, preset, model, image, M, flops, spec, device, peak, gemm) -> list[dict]:
+    """Chunk size x precision x memory format, per-step x steps at ``--sweep-steps`` (default: the
+    paper's): each configuration times at least ``--chunk-sweep-work`` hypothesis-steps (k = that / chunk
+    steps of the first chunk, at least --measured-steps + 1); ``--chunk-sweep-repeats`` rounds, in turn,
+    and the median per-step time over the rounds is reported (each round's in ``per_step_rounds``)."""
+    spec = args.sweep_steps or spec
+    cfg = parse_spec(spec, model.schedule.T)
+    chunks = [int(c) for c in args.chunk_sweep.split(",")]
+    precisions = args.chunk_sweep_precisions.split(",")
+    layouts = [v == "on" for v in args.chunk_sweep_channels_last.split(",")]
+    configs = [(c, p, cl) for p in precisions for cl in layouts for c in chunks]
+    times: dict[tuple, list[measure.Timing]] = {c: [] for c in configs}
+    for rnd in range(args.chunk_sweep_repeats):
+        for conf in (configs if rnd % 2 == 0 else configs[::-1]):  # alternate the order against drift
+            c, p, cl = conf
+            k = max(args.measured_steps + 1, math.ceil(args.chunk_sweep_work / c))
+            o = Options(autocast="bf16" if p == "bf16" else "none", channels_last=cl)
+            t = measure.time_project(model, image, M, cfg, device, measure="per-step", k=k, seed=args.seed,
+                                     batch_size=c, options=o)
+            times[conf].append(t)
+            print(f"chunk sweep round {rnd + 1}: chunk {c} {p}{' channels-last' if cl else ''}: "
+                  f"{t.per_step:.3f} s per step of {M} ({t.steps_measured} chunk steps timed)", flush=True)
+    rows = []
+    for conf in configs:
+        c, p, cl = conf
+        ts = times[conf]
+        per_step = statistics.median(t.per_step for t in ts)
+        mid = min(ts, key=lambda t: abs(t.per_step - per_step))
+        mid = measure.Timing(mid.first + per_step * c / M * (n_steps(spec) * math.ceil(M / c) - 1),
+                             mid.timing, per_step, mid.first, mid.steps_measured, mid.memory, chunk=c)
+        o = Options(autocast="bf16" if p == "bf16" else "none", channels_last=cl)
+        row = row_for(case, method, preset, "project", spec, M, o.label(), mid, flops, n_steps(spec), peak,
+                      precision(o), gemm.get(precision(o)))
+        row["per_step_rounds"] = [t.per_step for t in ts]
+        row["chunk_sweep_work"] = args.chunk_sweep_work
+        rows.append(row)
+    best = min(rows, key=lambda r: r["per_step_s"])
+    for r in rows:
+        r["relative_to_best"] = r["per_step_s"] / best["per_step_s"]
+    return rows
+
+
 def attach_quality(result: dict[str, Any]) -> None:
     q = result["quality"]
     for row in result["rows"]:
@@ -309,12 +364,10 @@ def attach_quality(result: dict[str, Any]) -> None:
         if row["sampler"] == "reference":
             row["quality"] = q["reference"] or "reference quality not run"
         else:
-            row["quality"] = q["project"].get(row["steps"], "step count not scored")
-        paper = q["project"].get(next(iter(q["project"]), ""), {})
-        if isinstance(row["quality"], dict) and row["sampler"] == "project":
             # equal quality: GED within 0.01 of the paper-step sampler (which draws the reference's
-            # hypotheses, same noise); the reference's own GED is in the reference row
-            row["quality"]["ged_within_0.01_of_paper_steps"] = abs(row["quality"]["ged"] - paper["ged"]) <= 0.01
+            # hypotheses, same noise), judged by the paired bootstrap interval over images (bench.quality);
+            # the reference's own GED is in the reference row
+            row["quality"] = q["project"].get(row["steps"], "step count not scored")
 
 
 # -- output --------------------------------------------------------------------------------------------
@@ -334,7 +387,8 @@ def _line(r: dict[str, Any]) -> str:
     ged = _fmt(q.get("ged"), 4) if isinstance(q, dict) else q
     dice = _fmt(q.get("dice"), 4) if isinstance(q, dict) else "-"
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    return (f"| {r['case']} | {r['sampler']} | {r['steps']} | {r['samples']} | {r['options']} | {r['timing']} "
+    opts = r["options"] + (f", chunk {r['chunk']}" if r["sampler"] == "project" and r.get("chunk") else "")
+    return (f"| {r['case']} | {r['sampler']} | {r['steps']} | {r['samples']} | {opts} | {r['timing']} "
             f"| {_fmt(r['seconds'], 2)} | {_fmt(r['per_step_s'], 3)} | {_fmt(r['peak_mb'], 0)} (+{_fmt(r['extra_mb'], 0)}) "
             f"| {r['flops_per_eval'] / 1e9:.2f} | {_fmt(r['achieved_tflops'], 3)} | {pct(r['fraction_of_peak'])} "
             f"| {pct(r['fraction_of_gemm'])} | {_fmt(r.get('speedup'), 1)} | {ged} | {dice} |")
@@ -349,6 +403,25 @@ def table(result: dict[str, Any]) -> str:
     if result["sweep"]:
         lines += ["", "option sweep (each switch added to the previous row):", HEADER, sep]
         lines += [_line(r) for r in result["sweep"]]
+    if result.get("chunk_sweep"):
+        lines += ["", "chunk sweep (per step of all hypotheses, median over rounds):",
+                  "| chunk | options | per step (s) | rounds (s) | TFLOP/s | % peak | x best |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in result["chunk_sweep"]:
+            pct = "-" if r["fraction_of_peak"] is None else f"{100 * r['fraction_of_peak']:.1f}"
+            rounds = ", ".join(f"{v:.3f}" for v in r["per_step_rounds"])
+            lines.append(f"| {r['chunk']} | {r['options']} | {r['per_step_s']:.3f} | {rounds} "
+                         f"| {_fmt(r['achieved_tflops'], 3)} | {pct} | {r['relative_to_best']:.2f} |")
+    q = result.get("quality", {})
+    if q.get("status") == "ok":
+        lines += ["", f"quality ({q['preset']}, {q['images']} val images {q['image_size']}, {q['samples']} samples, "
+                  f"seed {q['seed']}; paired difference to {q['baseline']}, bootstrap 95 % CI over images):",
+                  "| steps | GED | HM-IoU | Dice | dGED (SE) [95 % CI] | verdict (+-0.01) |",
+                  "|---|---|---|---|---|---|"]
+        for spec, r in q["project"].items():
+            d = r["ged_vs_paper"]
+            lines.append(f"| {spec} | {r['ged']:.4f} | {r['hm_iou']:.4f} | {r['dice']:.4f} | {d['mean']:+.4f} "
+                         f"({_fmt(d['se'], 4)}) [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] | {r['ged_verdict']} |")
     return "\n".join(lines)
 
 
@@ -361,27 +434,37 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", nargs="*", default=None,
                     help="reduced step counts, e.g. ddim:50 ddim:10 ddpm:50 (the paper's are always added)")
     ap.add_argument("--skip-paper-steps", action="store_true", help="time only --steps (no reference)")
-    ap.add_argument("--batch-size", type=int, default=None, help="(image, sample) pairs per network call")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="(image, sample) pairs per network call (default: the sampler's device-aware chunk)")
     ap.add_argument("--measure", choices=("auto", "full", "per-step"), default="auto")
     ap.add_argument("--measured-steps", type=int, default=2, help="steps timed in per-step mode (>= 2)")
     ap.add_argument("--reference", choices=("auto", "full", "per-step", "off"), default="auto",
                     help="how to time the paper-faithful sampler (auto: as --measure)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU default 2)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="the sampler's precision (bf16: networks under torch.autocast)")
+    ap.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none",
+                    help="bf16 = --precision bf16; fp16 autocast is applied around the sampler")
     ap.add_argument("--tf32", action="store_true")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", choices=("off", "default", "max-autotune-no-cudagraphs"), default="off")
     ap.add_argument("--cuda-graphs", action="store_true", help="torch.compile mode reduce-overhead")
-    ap.add_argument("--inference-mode", action="store_true")
+    ap.add_argument("--inference-mode", action="store_true", help="no effect: the sampler always uses it")
     ap.add_argument("--sweep-options", action="store_true", help="measure each switch in turn (first case)")
     ap.add_argument("--sweep-steps", default=None, help="step spec of the sweep (default: the paper's)")
     ap.add_argument("--sweep-compile", action="store_true", help="include torch.compile in a CPU sweep")
+    ap.add_argument("--chunk-sweep", default=None, help="chunk sizes to time on the first case, e.g. 1,2,4,8,16")
+    ap.add_argument("--chunk-sweep-precisions", default="fp32,bf16")
+    ap.add_argument("--chunk-sweep-channels-last", default="off,on")
+    ap.add_argument("--chunk-sweep-work", type=int, default=32,
+                    help="hypothesis-steps timed per configuration (k = this / chunk)")
+    ap.add_argument("--chunk-sweep-repeats", type=int, default=1)
     ap.add_argument("--no-gemm-peak", action="store_true", help="skip the matmul peak measurement")
     ap.add_argument("--model", default=None, help="trained model folder: GED/Dice at every step count")
     ap.add_argument("--data", default=None, help="multi-reader npz (default $DIFFSEG_LIDC/val.npz or "
                                                  "../shared/data/lidc128/val.npz)")
-    ap.add_argument("--quality-images", type=int, default=64)
+    ap.add_argument("--quality-images", type=int, default=16, help="val images, evenly spaced (default 16)")
     ap.add_argument("--quality-reference-images", type=int, default=16)
     ap.add_argument("--output", default="runs/benchmarks/sampling.json")
     return ap

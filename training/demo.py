@@ -5,7 +5,9 @@ with the four radiologists who read it.
     python -m training.demo --help
 
 1. Takes one nodule from the LIDC val split (../shared/data/lidc128, or DIFFSEG_LIDC / --data) and
-   stacks its consecutive slices into a 128x128xN volume, written to NRRD with the four readings.
+   stacks its consecutive slices into a 128x128xN volume, written to NRRD in Hounsfield units (the 8-bit
+   crops mapped back through the card's CT window, docs/cli.md "CT intensities (HU)"), so the command
+   sees what a user's CT would give it, with the four readings beside it.
 2. Runs the real command line, ``diffseg sample``, with the shipped model on that file (the box around
    the nodule is given with --roi, as for any crop model).
 3. Prints where the outputs are, the foreground volume of each hypothesis, and GED / HM-IoU of the
@@ -30,9 +32,10 @@ import SimpleITK as sitk
 
 from DiffSegUncertaintyLib.engine import metrics
 from DiffSegUncertaintyLib.engine.modelfile import read_card, resolve_model
+from DiffSegUncertaintyLib.engine.volumes import uint8_window_to_hu
 
 from .data.common import DataMissing, data_root
-from .data.lidc import DEFAULT, ENV
+from .data.lidc import CT_WINDOW_HU, DEFAULT, ENV
 
 DEFAULT_MODEL = "lidc-hsrdiff-small-cpu"
 
@@ -66,10 +69,11 @@ def nodule_stack(npz: Path, which: str | None) -> tuple[np.ndarray, np.ndarray, 
 
 
 def write_case(folder: Path, image: np.ndarray, readings: np.ndarray) -> Path:
-    """The stack as NRRD (nominal 1 mm grid) plus one labelmap per reading, for viewing in Slicer."""
+    """The stack as a CT in HU (int16, nominal 1 mm grid) plus one labelmap per reading, for Slicer."""
     folder.mkdir(parents=True, exist_ok=True)
     ct = folder / "ct.nrrd"
-    sitk.WriteImage(sitk.GetImageFromArray(image.astype(np.int16)), str(ct), True)
+    hu = np.rint(uint8_window_to_hu(image, *CT_WINDOW_HU)).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(hu), str(ct), True)
     for r, mask in enumerate(readings):
         sitk.WriteImage(sitk.GetImageFromArray(mask.astype(np.uint8)), str(folder / f"reading_{r + 1}.nrrd"), True)
     return ct

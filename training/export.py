@@ -65,9 +65,25 @@ def export_run(run: str | Path, output: str | Path, name: str | None = None, hal
                 "checkpoint": which, "step": state["step"], "total_steps": info["total_steps"],
                 "time_s": round(float(last.get("elapsed", 0.0)), 1), "hardware": info["hardware"],
                 "world_size": info["world_size"], "seed": cfg["seed"], "train": cfg["train"]}
+    if cfg.get("note"):  # what a reader of the card must know, e.g. that the preset is CPU-sized
+        training["note"] = cfg["note"]
     return save_model(model, output, name=name or output.name, method=method,
-                      preset=str(cfg["model"].get("preset")), sampling=sampling, inputs=info["input"],
+                      preset=str(cfg["model"].get("preset")), sampling=sampling, inputs=card_inputs(info),
                       classes=info["classes"], training=training, metrics=metrics, half=half)
+
+
+def card_inputs(info: dict[str, Any]) -> dict[str, Any]:
+    """The run's ``input`` block for the card. A LIDC run trained on the 8-bit crops times 1/255; its
+    card instead says how to get there from a CT in HU: clip to ``lidc.CT_WINDOW_HU`` and stretch the
+    image's own range to [0, 1] (``minmax``), which is also exactly x / 255 on the 8-bit crops, whose
+    every crop holds a 0 and a 255 (docs/cli.md, "CT intensities (HU)")."""
+    inputs = dict(info["input"])
+    pre = inputs.get("preprocessing") or {}
+    if (str((info.get("data") or {}).get("dataset", "")).lower() == "lidc" and pre.get("kind") == "scale"
+            and abs(float(pre.get("scale", 0)) - 1 / 255) < 1e-12 and float(pre.get("offset", 0)) == 0):
+        from .data.lidc import CT_WINDOW_HU
+        inputs["preprocessing"] = {"kind": "minmax", "lower": CT_WINDOW_HU[0], "upper": CT_WINDOW_HU[1]}
+    return inputs
 
 
 def _sampling(method: str, given: dict[str, Any]) -> dict[str, Any]:

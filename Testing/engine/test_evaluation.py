@@ -173,6 +173,21 @@ def test_predictor_from_model_seeds_batches_and_resizes(tiny_model):
     assert x.shape == (1, 1, 16, 16) and float(x.max()) <= 1.0  # card preprocessing: x / 255
 
 
+def test_predictor_splits_into_sample_y0_and_probabilities(tiny_model):
+    """predict = probabilities(sample_y0): one y0 can be rescored at any tau (training.calibrate);
+    on the model's grid another tau changes the probabilities but not the masks."""
+    model, card = modelfile.load_model(tiny_model)
+    pred = evaluation.predictor_from_model(model, card, seed=4)
+    images, _ = _set(n=2, size=16)
+    y0 = pred.sample_y0(images, 3)
+    assert y0.shape == (2, 3, 2, 16, 16) and len(pred.timesteps) == 2
+    assert torch.allclose(pred(images, 3), pred.probabilities(y0, (16, 16)), atol=1e-6)
+    hot = pred.probabilities(y0, (16, 16), tau=2.0)
+    assert not torch.allclose(hot, pred.probabilities(y0, (16, 16)))
+    assert torch.equal(hot.argmax(2), pred.probabilities(y0, (16, 16)).argmax(2))
+    assert pred.probabilities(y0, (32, 32)).shape == (2, 3, 2, 32, 32)
+
+
 def test_evaluate_command_writes_json_and_table(tiny_model, tmp_path, capsys):
     images, masks = _set(n=5)
     data = _npz(tmp_path / "held_out.npz", images, masks)
@@ -232,3 +247,45 @@ def test_a_crop_model_is_scored_on_the_centre_box(tiny_model, tmp_path):
         assert evaluation.run(args) == 0
     a, b = (json.loads((tmp_path / o / "metrics.json").read_text())["summary"] for o in "ab")
     assert a == b
+
+
+def test_a_crop_model_is_preprocessed_on_the_whole_image_before_the_box(lidc_root):
+    """A "minmax" card (the LIDC CT cards) must see exactly the training input x / 255 of the centre box:
+    the range is the whole 128 x 128 crop's, not the box's (which rarely holds a 0 and a 255)."""
+    data = evaluation.load_multireader_npz(lidc_root / "val.npz").subset(6)
+    card = {"input": {"size": [64, 64], "roi_required": True,
+                      "preprocessing": {"kind": "minmax", "lower": -1000.0, "upper": 1400.0}}}
+    view, vcard = evaluation.crop_for_model(data, card)
+    want = data.images[:, 32:96, 32:96].astype(np.float32) / 255
+    np.testing.assert_allclose(view.images, want, rtol=0, atol=1e-6)
+    assert vcard["input"]["preprocessing"] == {"kind": "none"} and card["input"]["preprocessing"]["kind"] == "minmax"
+    np.testing.assert_array_equal(view.masks, data.masks[:, :, 32:96, 32:96])
+    boxed = data.centre_crop([64, 64]).images  # the box's own range differs from the whole crop's
+    assert not all(b.min() == 0 and b.max() == 255 for b in boxed)
+    same, scard = evaluation.crop_for_model(data, {"input": {"size": [64, 64]}})  # not a crop model
+    assert same is data and scard == {"input": {"size": [64, 64]}}
+
+
+def test_a_3d_crop_model_is_scored_on_nodule_stacks(lidc_root, tmp_path):
+    """diffseg evaluate on a 3D model: stacks of the card's depth, the centre box, one row per stack."""
+    folder = testing.make_tiny_model_folder(tmp_path / "tiny3d", spatial_dims=3, size=[4, 16, 16],
+                                            preprocessing={"kind": "minmax", "lower": -1000.0, "upper": 1400.0},
+                                            sampling={"method": "ddim", "steps": 2})
+    card = json.loads((folder / "model.json").read_text())
+    card["input"]["roi_required"] = True
+    (folder / "model.json").write_text(json.dumps(card))
+    args = evaluation.configure_parser(argparse.ArgumentParser()).parse_args(
+        ["--model", str(folder), "--data", str(lidc_root / "val.npz"), "--samples", "2", "--max-images", "3",
+         "--output", str(tmp_path / "eval")])
+    assert evaluation.run(args) == 0
+    doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert doc["num_images"] == 3 and len(doc["per_image"]) == 3
+    stacks = evaluation.load_multireader_npz(lidc_root / "val.npz").stacks(4).subset(3)
+    assert [r["id"] for r in doc["per_image"]] == [stacks.item_id(i) for i in range(3)]
+    assert 0 <= doc["summary"]["ged"]["mean"] <= 2
+
+
+def test_stacks_need_the_nodule_arrays():
+    data = evaluation.MultiReaderSet(np.zeros((2, 8, 8), np.uint8), np.zeros((2, 4, 8, 8), np.uint8))
+    with pytest.raises(InputError, match="patient / nodule / slice"):
+        data.stacks(2)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from DiffSegUncertaintyLib.engine import registry
+from DiffSegUncertaintyLib.engine import registry, testing
 from DiffSegUncertaintyLib.engine.checks import InputError
 from DiffSegUncertaintyLib.engine.diffusion import NoiseSchedule
 from DiffSegUncertaintyLib.engine.hsrdiff import (
@@ -14,25 +14,9 @@ from DiffSegUncertaintyLib.engine.hsrdiff import (
 from DiffSegUncertaintyLib.engine.sampler import SamplerConfig, sample
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks on a shared 2-core machine: thread hand-offs cost 10-40x the arithmetic."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _model(seed=0, **overrides):
-    """A tiny HSRDiff with every parameter perturbed: MONAI zero-initialises the second conv of each
-    res block, which would hide whether a feature reaches the output."""
-    torch.manual_seed(seed)
-    model = from_config(registry.preset_config("hsrdiff", "tiny", **overrides))
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model.eval()
+    return testing.perturbed_tiny_model("hsrdiff", seed, **overrides)
 
 
 def _image(shape=(2, 1, 16, 16), seed=0):

@@ -7,10 +7,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from DiffSegUncertaintyLib.engine.evaluation import edge_pad, windows
 from training.data import DataMissing, build_dataset, pick_annotation
 from training.data.cityscapes import FLIPS, Cityscapes
 from training.data.instance import Instance
-from training.data.lidc import LIDC, edge_pad, windows
+from training.data.lidc import LIDC
 from training.data.mslesion import MSLesion
 from training.data.brats import BraTS
 from training.data.volumes import split_of
@@ -184,3 +185,16 @@ def test_cityscapes_flip_protocol(tmp_path):
     assert abs(float(w[person_flipped].sum()) - 7 / 17) < 1e-9
     assert [f[0] for f in FLIPS] == [1, 11, 13, 8, 0]
     assert not Cityscapes(tmp_path, "train", size=[8, 16], flip=False)[0].get("weights")
+
+
+def test_evaluation_stacks_are_the_3d_loaders_items(lidc_root):
+    """diffseg evaluate scores a 3D model on the stacks the 3D loader trains on (one stacking code)."""
+    from DiffSegUncertaintyLib.engine.evaluation import load_multireader_npz
+    ds = LIDC(lidc_root, "val", dims=3, size=None, depth=8)
+    stacks = load_multireader_npz(lidc_root / "val.npz").stacks(8)
+    assert len(stacks) == len(ds) and stacks.images.shape[1:] == (8, 128, 128)
+    for i in (0, len(ds) // 2, len(ds) - 1):
+        item = ds[i]
+        np.testing.assert_allclose(stacks.images[i] / 255, item["image"][0].numpy(), rtol=0, atol=1e-7)
+        np.testing.assert_array_equal(stacks.masks[i], item["annotations"].numpy())
+        assert int(stacks.slice[i]) == int(ds.slice[ds.index[i][-1]])

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from DiffSegUncertaintyLib.engine import testing
 from training import demo
+from training.data.lidc import CT_WINDOW_HU
 
 
 def test_pick_nodule_prefers_slices_all_four_readers_marked():
@@ -33,12 +35,14 @@ def test_compare_is_zero_for_the_readings_themselves():
 
 def test_demo_end_to_end_on_a_real_nodule(lidc_root, tmp_path, capsys):
     model = testing.make_tiny_model_folder(tmp_path / "tiny-lidc", size=[16, 16],
-                                           preprocessing={"kind": "scale", "scale": 1 / 255, "offset": 0.0})
+                                           preprocessing={"kind": "minmax", "lower": CT_WINDOW_HU[0],
+                                                          "upper": CT_WINDOW_HU[1]})
     rc = demo.main(["--data", str(lidc_root), "--model", str(model), "--output", str(tmp_path / "demo"),
                     "--samples", "3", "--steps", "2"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert (tmp_path / "demo" / "case" / "ct.nrrd").exists()
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "demo" / "case" / "ct.nrrd")))
+    assert ct.dtype == np.int16 and (ct.min(), ct.max()) == CT_WINDOW_HU  # a CT in HU, as a user's
     assert len(list((tmp_path / "demo" / "case").glob("reading_*.nrrd"))) == 4
     hyps = demo.read_hypotheses(tmp_path / "demo" / "result" / "hypotheses.seg.nrrd")
     assert hyps.shape[0] == 3 and hyps.shape[2:] == (128, 128)

@@ -190,6 +190,18 @@ def test_export_records_the_chosen_sampler_and_evaluated_metrics(resumed_run, li
     assert card["metrics"]["values"]["ged"] == doc["summary"]["ged"]["mean"]
 
 
+def test_export_carries_the_configs_note_into_the_card(resumed_run, tmp_path):
+    import shutil
+
+    from DiffSegUncertaintyLib.engine.modelfile import read_card
+    run = shutil.copytree(resumed_run[0], tmp_path / "run")
+    assert "note" not in read_card(export_run(run, tmp_path / "plain"))["training"]
+    info = json.loads((run / "config.json").read_text())
+    info["config"]["note"] = "CPU-trained: a small preset"
+    (run / "config.json").write_text(json.dumps(info))
+    assert read_card(export_run(run, tmp_path / "noted"))["training"]["note"] == "CPU-trained: a small preset"
+
+
 def test_export_refuses_runs_that_are_not_diffusion_models(prior_run, tmp_path):
     with pytest.raises(ValueError, match="PGRD prior"):
         export_run(prior_run, tmp_path / "m")

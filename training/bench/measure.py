@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from DiffSegUncertaintyLib.engine.diffusion import repeat_condition
-from DiffSegUncertaintyLib.engine.sampler import SamplerConfig, SamplingCancelled, sample
+from DiffSegUncertaintyLib.engine.sampler import SamplerConfig, SamplingCancelled, default_batch_size, sample
 
 from . import reference
 
@@ -156,14 +156,23 @@ def count_flops(model, image: Tensor) -> dict[str, int]:
 
 @dataclass
 class Options:
-    """Speed switches, each measurable on its own (``--sweep-options``)."""
+    """Speed switches, each measurable on its own (``--sweep-options``).
+
+    autocast "bf16" and channels_last are the sampler's own options (``sample(precision="bf16",
+    channels_last=True)``), so the benchmark measures what users get; "fp16" autocast, tf32, compile
+    and CUDA graphs are applied around the sampler here. The sampler always runs under
+    ``torch.inference_mode()``; ``inference_mode`` is kept so older commands still parse (no effect)."""
 
     autocast: str = "none"          # none | bf16 | fp16
     tf32: bool = False
     channels_last: bool = False
     compile: str = "off"            # off | default | max-autotune-no-cudagraphs
     cuda_graphs: bool = False       # torch.compile mode "reduce-overhead" (CUDA graph trees)
-    inference_mode: bool = False    # torch.inference_mode around the sampler (the engine uses no_grad)
+    inference_mode: bool = False    # no effect: the sampler always uses torch.inference_mode()
+
+    def precision(self) -> str:
+        """The sampler's ``precision`` argument."""
+        return "bf16" if self.autocast == "bf16" else "fp32"
 
     def label(self) -> str:
         parts = []
@@ -177,8 +186,6 @@ class Options:
             parts.append(f"compile({self.compile})")
         if self.cuda_graphs:
             parts.append("cuda-graphs")
-        if self.inference_mode:
-            parts.append("inference-mode")
         return "+".join(parts) or "fp32 eager"
 
     def asdict(self) -> dict[str, Any]:
@@ -191,18 +198,12 @@ def applied(model, options: Options, device: torch.device) -> Iterator[Any]:
     saved_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     if options.tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    if options.channels_last:
-        fmt = torch.channels_last if model.spatial_dims == 2 else torch.channels_last_3d
-        model.to(memory_format=fmt)
     if options.compile != "off" or options.cuda_graphs:
         mode = "reduce-overhead" if options.cuda_graphs else options.compile
         model.denoise = torch.compile(model.denoise, mode=None if mode == "default" else mode)
     ctx = contextlib.ExitStack()
-    if options.autocast != "none":
-        dtype = torch.bfloat16 if options.autocast == "bf16" else torch.float16
-        ctx.enter_context(torch.autocast(device.type, dtype=dtype))
-    if options.inference_mode:
-        ctx.enter_context(torch.inference_mode())
+    if options.autocast == "fp16":  # bf16 is the sampler's own precision="bf16"
+        ctx.enter_context(torch.autocast(device.type, dtype=torch.float16))
     try:
         with ctx:
             yield model
@@ -210,38 +211,45 @@ def applied(model, options: Options, device: torch.device) -> Iterator[Any]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved_tf32
         if "denoise" in model.__dict__:
             del model.denoise
-        if options.channels_last:
-            model.to(memory_format=torch.contiguous_format)
 
 
 # -- timing ------------------------------------------------------------------------------------------
 
 @dataclass
 class Timing:
-    seconds: float                  # the whole run (measured, or first + per_step * (steps - 1))
+    seconds: float                  # the whole run (measured, or first + chunk step * (steps x chunks - 1))
     timing: str                     # "measured" | "per-step x steps"
     per_step: float                 # one step of all hypotheses (project) / of one hypothesis (reference)
-    first: float = float("nan")     # encode + setup + first step (project, per-step mode)
+    first: float = float("nan")     # encode + setup + first step (of the first chunk)
     steps_measured: int = 0
     memory: dict[str, Any] = field(default_factory=dict)
     output: Tensor | None = None
+    chunk: int = 0                  # (image, sample) pairs per network call (project)
 
 
 def time_project(model, image: Tensor, num_samples: int, config: SamplerConfig, device: torch.device, *,
                  measure: str = "full", k: int = 2, seed: int = 0, batch_size: int | None = None,
                  options: Options | None = None, warmup_steps: int = 1) -> Timing:
-    """Time ``sampler.sample`` for ``num_samples`` hypotheses of one image."""
+    """Time ``sampler.sample`` for ``num_samples`` hypotheses of one image.
+
+    batch_size None: the sampler's device-aware default chunk (``sampler.default_batch_size``). With
+    chunks, per-step mode times ``k`` steps of the first chunk; ``per_step`` is always one step of all
+    hypotheses (chunk step x items / chunk)."""
     options = options or Options()
     image = image.to(device)
     total = len(model.schedule.timesteps(config.steps, config.spacing))
+    items = image.shape[0] * num_samples
+    chunk = batch_size or default_batch_size(device, image.shape[2:], items)
+    chains = math.ceil(items / chunk)
     stamps: list[float] = []
 
     def run(limit: int | None) -> Tensor | None:
         stamps.clear()
         try:
-            res = sample(model, image, num_samples, config, seed=seed, batch_size=batch_size,
+            res = sample(model, image, num_samples, config, seed=seed, batch_size=chunk,
                          progress=lambda d, n: (sync(device), stamps.append(time.perf_counter())),
-                         cancel=(lambda: len(stamps) >= limit) if limit else None)
+                         cancel=(lambda: len(stamps) >= limit) if limit else None,
+                         precision=options.precision(), channels_last=options.channels_last)
             return res.y0
         except SamplingCancelled:
             return None
@@ -252,19 +260,18 @@ def time_project(model, image: Tensor, num_samples: int, config: SamplerConfig, 
         sync(device)
         with peak_memory(device) as mem:
             start = time.perf_counter()
-            full = measure == "full" or k >= total
+            full = measure == "full" or k >= total * chains
             out = run(None if full else k)
             sync(device)
             end = time.perf_counter()
     if full:
-        steps_per_chain = total * math.ceil(num_samples / (batch_size or num_samples))
-        return Timing(end - start, "measured", (end - start) / steps_per_chain, stamps[0] - start,
-                      len(stamps), mem, out)
+        return Timing(end - start, "measured", (end - start) / total, stamps[0] - start, len(stamps), mem, out,
+                      chunk=chunk)
     first = stamps[0] - start
     diffs = [b - a for a, b in zip(stamps, stamps[1:])]
-    per_step = statistics.median(diffs) if diffs else first
-    chains = math.ceil(num_samples / (batch_size or num_samples))
-    return Timing(first + per_step * (total * chains - 1), "per-step x steps", per_step, first, len(stamps), mem)
+    per_chunk_step = statistics.median(diffs) if diffs else first
+    return Timing(first + per_chunk_step * (total * chains - 1), "per-step x steps",
+                  per_chunk_step * items / chunk, first, len(stamps), mem, chunk=chunk)
 
 
 def time_reference(model, image: Tensor, num_samples: int, steps: int | None, device: torch.device, *,

@@ -11,39 +11,33 @@ re-split.
   by repeating their first/last slice together with its masks (``pad="edge"``: image and labels stay a
   consistent pair) or dropped (``pad="skip"``).
 
-Intensities: the publisher's 8-bit window scaled to [0, 1] (x / 255); there are no HU or spacings.
+Intensities: the publisher's 8-bit crops scaled to [0, 1] (x / 255); there are no HU or spacings. Every
+crop holds a 0 and a 255: the publisher stretched each crop to its own range (training/estimate_ct_window.py),
+which is why exported cards map a CT in HU with the "minmax" preprocessing over ``CT_WINDOW_HU``.
 """
 
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from DiffSegUncertaintyLib.engine.evaluation import nodule_stacks
+
 from .common import DataMissing, data_root, fit
 
 ENV = "DIFFSEG_LIDC"
 DEFAULT = "shared/data/lidc128"
-# engine/volumes.preprocess form: the 8-bit crops (already windowed by the publisher) times 1/255
+# engine/volumes.preprocess form of what the training loader does: the 8-bit crops times 1/255
 PREPROCESSING = {"kind": "scale", "scale": 1 / 255, "offset": 0.0}
-
-
-def windows(n: int, depth: int, stride: int) -> list[list[int]]:
-    """Index windows of ``depth`` consecutive positions in 0..n-1 (n >= depth), covering the end."""
-    starts = list(range(0, n - depth + 1, stride))
-    if starts[-1] != n - depth:
-        starts.append(n - depth)
-    return [list(range(s, s + depth)) for s in starts]
-
-
-def edge_pad(n: int, depth: int) -> list[int]:
-    """Positions 0..n-1 padded to ``depth`` by repeating the ends (as evenly as possible)."""
-    before = (depth - n) // 2
-    return [0] * before + list(range(n)) + [n - 1] * (depth - n - before)
+# The HU range a card maps to [0, 1] for a CT in HU (training/export.py writes {"kind": "minmax",
+# "lower": -1000, "upper": 1400}): the publisher stretched each crop to its own minimum and maximum, and
+# training/estimate_ct_window.py finds air at 0 and a median crop maximum of about +1400 HU
+# (docs/cli.md, "CT intensities (HU)").
+CT_WINDOW_HU = (-1000.0, 1400.0)
 
 
 class LIDC(Dataset):
@@ -80,17 +74,7 @@ class LIDC(Dataset):
         self.split = split
 
     def _stacks(self, depth: int, stride: int, pad: str) -> list[list[int]]:
-        groups: OrderedDict[tuple[str, int], list[int]] = OrderedDict()
-        for i, key in enumerate(zip(self.patient.tolist(), self.nodule.tolist())):
-            groups.setdefault(key, []).append(i)
-        out = []
-        for rows in groups.values():
-            rows = sorted(rows, key=lambda r: int(self.slice[r]))
-            if len(rows) >= depth:
-                out += [[rows[j] for j in w] for w in windows(len(rows), depth, stride)]
-            elif pad == "edge":
-                out.append([rows[j] for j in edge_pad(len(rows), depth)])
-        return out
+        return nodule_stacks(self.patient, self.nodule, self.slice, depth, stride, pad)
 
     def __len__(self) -> int:
         return len(self.index)

@@ -44,6 +44,39 @@ CALIBRATION = (("dice", "DSC (%)", "↑"), ("nll", "NLL (%)", "↓"), ("ece", "E
 
 # -- data ------------------------------------------------------------------------------------------
 
+def windows(n: int, depth: int, stride: int) -> list[list[int]]:
+    """Index windows of ``depth`` consecutive positions in 0..n-1 (n >= depth), covering the end."""
+    starts = list(range(0, n - depth + 1, stride))
+    if starts[-1] != n - depth:
+        starts.append(n - depth)
+    return [list(range(s, s + depth)) for s in starts]
+
+
+def edge_pad(n: int, depth: int) -> list[int]:
+    """Positions 0..n-1 padded to ``depth`` by repeating the ends (as evenly as possible)."""
+    before = (depth - n) // 2
+    return [0] * before + list(range(n)) + [n - 1] * (depth - n - before)
+
+
+def nodule_stacks(patient: Sequence, nodule: Sequence, slice_: Sequence, depth: int, stride: int | None = None,
+                  pad: str = "edge") -> list[list[int]]:
+    """Row indices of 3D stacks: the slices of one (patient, nodule) in slice order, cut into windows
+    of ``depth`` every ``stride`` (default ``depth``; the last window ends on the last slice); a shorter
+    nodule is padded by repeating its end slices (``pad="edge"``) or dropped (``"skip"``). The training
+    loader's 3D items and the 3D evaluation are the same stacks."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, key in enumerate(zip(np.asarray(patient).tolist(), np.asarray(nodule).tolist())):
+        groups.setdefault(key, []).append(i)
+    out = []
+    for rows in groups.values():
+        rows = sorted(rows, key=lambda r: int(slice_[r]))
+        if len(rows) >= depth:
+            out += [[rows[j] for j in w] for w in windows(len(rows), depth, stride or depth)]
+        elif pad == "edge":
+            out.append([rows[j] for j in edge_pad(len(rows), depth)])
+    return out
+
+
 @dataclass
 class MultiReaderSet:
     """Images (N, *S) as stored (uint8 for LIDC), masks (N, A, *S) integer, per-image identifiers."""
@@ -68,6 +101,21 @@ class MultiReaderSet:
         return MultiReaderSet(self.images[idx], self.masks[idx], pick(self.patient), pick(self.nodule),
                               pick(self.slice), self.path)
 
+    def stacks(self, depth: int) -> "MultiReaderSet":
+        """2D slices -> 3D stacks (N', depth, H, W) with readings (N', A, depth, H, W), for a 3D model:
+        ``nodule_stacks`` (windows of ``depth`` slices of one nodule, short nodules edge-padded, as the
+        3D training loader builds them); an item's id and slice are its last slice's."""
+        if self.patient is None or self.nodule is None or self.slice is None:
+            raise InputError(f"{self.path or 'the data'} has no patient / nodule / slice arrays: a 3D model "
+                             "needs them to stack consecutive slices of one nodule")
+        rows = nodule_stacks(self.patient, self.nodule, self.slice, int(depth))
+        if not rows:
+            raise InputError(f"no nodule in {self.path or 'the data'} has slices to stack")
+        last = np.array([r[-1] for r in rows])
+        return MultiReaderSet(np.stack([self.images[r] for r in rows]),
+                              np.stack([self.masks[r].transpose(1, 0, 2, 3) for r in rows]),
+                              self.patient[last], self.nodule[last], self.slice[last], self.path)
+
     def centre_crop(self, size: Sequence[int]) -> "MultiReaderSet":
         """The centre box of ``size`` of every image and mask. A crop model is scored on the box it
         was trained on: the LIDC crops are centred on the nodule, and a crop model must not see a
@@ -88,6 +136,40 @@ class MultiReaderSet:
         if self.slice is not None:
             tag += f"-s{int(self.slice[i])}"
         return tag
+
+
+def data_for_model(data: MultiReaderSet, card: Mapping[str, Any], max_items: int | None = None
+                   ) -> tuple[MultiReaderSet, dict[str, Any]]:
+    """The items a model is scored on, and the card to build its predictor from: stacks of the card's
+    depth for a 3D model on 2D slices (``MultiReaderSet.stacks``), ``max_items`` evenly spaced
+    (``subset``), then ``crop_for_model``. Every scoring command goes through here."""
+    if int(card["architecture"]["spatial_dims"]) == 3 and data.images.ndim == 3:
+        size = (card.get("input") or {}).get("size")
+        if not size:
+            raise InputError("a 3D model needs the card's input size to stack 2D slices")
+        data = data.stacks(int(size[0]))
+    return crop_for_model(data.subset(max_items), card)
+
+
+def crop_for_model(data: MultiReaderSet, card: Mapping[str, Any]) -> tuple[MultiReaderSet, dict[str, Any]]:
+    """The set as a model's predictor must see it, and the card to build that predictor from.
+
+    A crop model (card ``input.roi_required``) is scored on the centre box of its input size, the box
+    it was trained on. Its card preprocessing runs on the whole image *before* the box is cut, as
+    ``diffseg sample`` preprocesses the whole volume before it cuts the ROI: a range statistic
+    ("minmax") is the whole image's, so an LIDC crop maps to exactly x / 255 as in training. The images
+    come back preprocessed (float32) and the returned card says ``{"kind": "none"}``, so they are not
+    preprocessed twice. Any other model: the set and the card unchanged.
+    """
+    from .modelfile import roi_required
+    from .volumes import preprocess
+    if not roi_required(card):
+        return data, dict(card)
+    spec = (card.get("input") or {}).get("preprocessing")
+    pre = np.stack([preprocess(img[None], spec)[0] for img in data.images]) if len(data) else data.images
+    full = MultiReaderSet(pre, data.masks, data.patient, data.nodule, data.slice, data.path)
+    inputs = {**card["input"], "preprocessing": {"kind": "none"}}
+    return full.centre_crop(card["input"]["size"]), {**card, "input": inputs}
 
 
 def load_multireader_npz(path: str | os.PathLike) -> MultiReaderSet:
@@ -232,23 +314,35 @@ class ModelPredictor:
                               align_corners=False)
         return t
 
-    def __call__(self, images: np.ndarray, num_samples: int) -> torch.Tensor:
-        from .diffusion import to_probabilities
+    def sample_y0(self, images: np.ndarray, num_samples: int) -> torch.Tensor:
+        """Hypotheses y0 (B, M, C, *size) of raw images on the model's grid. Sampling never reads
+        ``tau_out``, so one y0 serves every tau (``training.calibrate``)."""
         from .sampler import sample
-        spatial = tuple(np.shape(images)[-int(self.model.spatial_dims):])
-        x = self.prepare(images)
-        res = sample(self.model, x, num_samples, self.config, seed=self.seed, batch_size=self.batch_size)
-        # softmax(y0 / tau_out) over the class channel (PGRD Sec. II-E); y0 is (B, M, C, *size)
-        p = to_probabilities(res.y0.flatten(0, 1), float(self.model.tau_out)).reshape(res.y0.shape)
-        if tuple(p.shape[3:]) != spatial:  # back to the annotations' grid; a convex blend keeps sum 1
+        res = sample(self.model, self.prepare(images), num_samples, self.config, seed=self.seed,
+                     batch_size=self.batch_size)
+        self.timesteps = list(res.timesteps)
+        if self.keep_extras:
+            self.extras.append(dict(res.extras))
+        return res.y0
+
+    def probabilities(self, y0: torch.Tensor, spatial: Sequence[int], tau: float | None = None) -> torch.Tensor:
+        """softmax(y0 / tau) over the class channel (PGRD Sec. II-E; tau defaults to the model's
+        tau_out), resized back to the annotations' grid ``spatial`` if it differs (a convex blend
+        keeps sum 1)."""
+        from .diffusion import to_probabilities
+        tau = float(self.model.tau_out if tau is None else tau)
+        p = to_probabilities(y0.flatten(0, 1), tau).reshape(y0.shape)
+        spatial = tuple(int(s) for s in spatial)
+        if tuple(p.shape[3:]) != spatial:
             B, M = p.shape[:2]
             mode = "bilinear" if len(spatial) == 2 else "trilinear"
             p = F.interpolate(p.flatten(0, 1), size=spatial, mode=mode, align_corners=False)
             p = p.reshape(B, M, *p.shape[1:])
-        self.timesteps = list(res.timesteps)
-        if self.keep_extras:
-            self.extras.append(dict(res.extras))
         return p
+
+    def __call__(self, images: np.ndarray, num_samples: int) -> torch.Tensor:
+        spatial = tuple(np.shape(images)[-int(self.model.spatial_dims):])
+        return self.probabilities(self.sample_y0(images, num_samples), spatial)
 
 
 def sampler_config_from_card(card: Mapping[str, Any], **overrides: Any) -> Any:
@@ -391,22 +485,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 def run(args: argparse.Namespace) -> int:
     """Exit codes as ``diffseg sample``: 0 done, 2 bad input (message on stderr), 130 interrupted."""
-    from .modelfile import load_model, resolve_model, roi_required
+    from .modelfile import load_model, resolve_model
     try:
         if args.samples < 1:
             raise InputError("--samples must be at least 1")
         if args.max_images is not None and args.max_images < 1:
             raise InputError("--max-images must be at least 1")
         folder = resolve_model(args.model, args.models_dir)
-        data = load_multireader_npz(args.data).subset(args.max_images)
         model, card = load_model(folder, args.device)
-        if roi_required(card):
-            data = data.centre_crop(card["input"]["size"])
+        data, view = data_for_model(load_multireader_npz(args.data), card, args.max_images)
         hi = int(data.masks.max())
         if hi >= int(model.num_classes):
             raise InputError(f"{args.data} has labels up to {hi} but the model has {model.num_classes} classes")
         config = sampler_config_from_card(card, method=args.sampler, steps=args.steps)
-        predict = predictor_from_model(model, card, config, args.seed, args.device, args.batch_size)
+        predict = predictor_from_model(model, view, config, args.seed, args.device, args.batch_size)
         images_per_call = max(1, args.batch_size // args.samples)
         result = evaluate_predictor(predict, data.images, data.masks, args.samples, images_per_call, True,
                                     reference=args.reference, empty=args.empty,

@@ -76,6 +76,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         norm_num_groups=16, num_head_channels=32,
         prior={"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2,
                "dropout": 0.0}),
+    # CPU-trainable sizes for the shipped LIDC models (64 x 64 crops / 8 x 64 x 64 nodule stacks, a
+    # training step of batch 16 / 4 takes ~1.4 s on one core): same architecture, fewer widths and levels
+    "pgrd-small": _preset(
+        spatial_dims=2, in_channels=1, num_classes=2,
+        channels=[32, 64, 64, 128], attention_levels=[False, False, False, True], num_res_blocks=1,
+        norm_num_groups=8, num_head_channels=32,
+        prior={"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1, "dropout": 0.0}),
+    "pgrd-small-3d": _preset(
+        spatial_dims=3, in_channels=1, num_classes=2,
+        channels=[16, 32, 64], attention_levels=[False, False, False], num_res_blocks=1,
+        norm_num_groups=8, num_head_channels=32,
+        prior={"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1, "dropout": 0.0}),
 }
 
 _PRIOR_SHARED = ("spatial_dims", "in_channels", "num_classes")

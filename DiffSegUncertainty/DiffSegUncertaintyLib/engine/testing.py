@@ -58,6 +58,23 @@ def make_tiny_model_folder(path: str | os.PathLike, method: str = "hsrdiff", spa
                       metrics=None, half=half)
 
 
+def perturbed_tiny_model(method: str = "hsrdiff", seed: int = 0, **overrides: Any):
+    """The method's "tiny" preset (``overrides`` replace fields) with every parameter perturbed, in eval
+    mode: MONAI zero-initialises some convolutions (the second of each res block), which would make the
+    network nearly trivial and hide whether a feature reaches the output."""
+    import torch
+
+    from . import registry
+
+    torch.manual_seed(seed)
+    model = registry.build_model(method, registry.preset_config(method, "tiny", **overrides))
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
 def random_batch(spatial: Sequence[int] = (16, 16), cin: int = 1, classes: int = 2, seed: int = 0,
                  batch: int = 2) -> tuple["torch.Tensor", "torch.Tensor"]:
     """A seeded (image (B, cin, *spatial), integer labels (B, *spatial)) pair for network tests."""

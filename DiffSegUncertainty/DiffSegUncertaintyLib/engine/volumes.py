@@ -127,7 +127,50 @@ def read_inputs(paths: Sequence[str | os.PathLike]) -> InputVolumes:
 # -- preprocessing ---------------------------------------------------------------------------------
 
 PREPROCESSING_FIELDS = {"none": set(), "window": {"lower", "upper"}, "zscore": {"nonzero"},
-                        "scale": {"scale", "offset"}}
+                        "scale": {"scale", "offset"}, "minmax": {"lower", "upper"}}
+
+#: A clip bound at or below this (HU) marks a CT preprocessing: air (-1000 HU) and lung (about -850 HU)
+#: lie below it, so the spec only makes sense for an image in Hounsfield units.
+HU_SPEC_BELOW = -500.0
+
+
+def uint8_window_to_hu(values: np.ndarray, lower: float, upper: float) -> np.ndarray:
+    """8-bit intensities of a window [lower, upper] (HU) back to HU: ``lower + v / 255 * (upper - lower)``
+    (float32). The inverse of ``hu_to_uint8_window`` up to its rounding; how an 8-bit CT crop (the
+    LIDC npz) is written as a CT in HU, e.g. ``uint8_window_to_hu(x8, *lidc.CT_WINDOW_HU)``."""
+    lo, hi = float(lower), float(upper)
+    if not hi > lo:
+        raise ValueError(f"a window needs upper > lower (got {lo}, {hi})")
+    v = np.asarray(values, dtype=np.float64)
+    return (lo + v / 255.0 * (hi - lo)).astype(np.float32)
+
+
+def hu_to_uint8_window(hu: np.ndarray, lower: float, upper: float) -> np.ndarray:
+    """HU clipped to the window [lower, upper] and mapped to 0..255, rounded (uint8): how an 8-bit CT
+    export with that window is made."""
+    lo, hi = float(lower), float(upper)
+    if not hi > lo:
+        raise ValueError(f"a window needs upper > lower (got {lo}, {hi})")
+    t = (np.clip(np.asarray(hu, dtype=np.float64), lo, hi) - lo) / (hi - lo)
+    return np.rint(t * 255.0).astype(np.uint8)
+
+
+def _check_hu(x: np.ndarray, kind: str, lower: float) -> None:
+    """A CT spec (a clip bound at or below HU_SPEC_BELOW) given an image that is not in HU: an
+    InputError saying how to convert. ``window`` needs HU (an image with nothing below 0 is not one);
+    ``minmax`` also takes a linearly rescaled image inside 0..255 (an 8-bit export), since it
+    stretches the image's own range, but not values above 255 with nothing below 0 (stored scanner
+    values without the DICOM rescale)."""
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or (kind == "minmax" and hi <= 255):
+        return
+    raise InputError(
+        f"the model expects CT in Hounsfield units (air about -1000 HU, lung about -850 HU; its card clips "
+        f"at {lower:g} HU) but the image's values run from {lo:g} to {hi:g}, none below 0: it is not in HU. "
+        "Convert it first: stored scanner values to HU with the DICOM rescale (HU = RescaleSlope * value "
+        "+ RescaleIntercept, the intercept usually -1024; Slicer's DICOM import does this); an 8-bit "
+        "image windowed with [L, U] HU with HU = L + value / 255 * (U - L) "
+        "(DiffSegUncertaintyLib.engine.volumes.uint8_window_to_hu)")
 
 
 def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]] | None,
@@ -137,6 +180,12 @@ def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]]
     crop is normalised the way the whole volume would be only if the caller passes the whole volume.
 
     {"kind": "window", "lower": L, "upper": U}: clip to [L, U], map to [0, 1] (CT windows).
+    {"kind": "minmax", "lower": L, "upper": U}: clip to [L, U] (each bound optional), then stretch the
+        image's own minimum and maximum to [0, 1] (inside ``mask`` when given; a constant image gives 0).
+        A whole CT spans [L, U], so this is the window; a crop is stretched on its own, as the LIDC
+        publisher stretched each 8-bit crop (docs/cli.md, "CT intensities (HU)").
+    A bound at or below -500 marks a CT spec: an image with nothing below 0 is refused for ``window``,
+    and for ``minmax`` when it also goes above 255 (``_check_hu``).
     {"kind": "zscore", "nonzero": bool}: (x - mean) / std per channel; nonzero: statistics over
         non-zero voxels only and zero voxels stay zero (skull-stripped MRI).
     {"kind": "scale", "scale": a, "offset": b}: a * x + b.
@@ -159,7 +208,21 @@ def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]]
             lo, hi = float(s["lower"]), float(s["upper"])
             if not hi > lo:
                 raise InputError(f"preprocessing window needs upper > lower (got {lo}, {hi})")
+            if lo <= HU_SPEC_BELOW:
+                _check_hu(x, kind, lo)
             out[c] = (np.clip(x, lo, hi) - lo) / (hi - lo)
+        elif kind == "minmax":
+            lo = float(s["lower"]) if s.get("lower") is not None else -np.inf
+            hi = float(s["upper"]) if s.get("upper") is not None else np.inf
+            if not hi > lo:
+                raise InputError(f"preprocessing minmax needs upper > lower (got {lo}, {hi})")
+            if lo <= HU_SPEC_BELOW:
+                _check_hu(x, kind, lo)
+            xc = np.clip(x, lo, hi)
+            vals = xc[mask] if mask is not None else xc
+            vmin = float(vals.min()) if vals.size else 0.0
+            vmax = float(vals.max()) if vals.size else 0.0
+            out[c] = (xc - vmin) / (vmax - vmin) if vmax > vmin else 0.0
         elif kind == "zscore":
             nonzero = bool(s.get("nonzero", False))
             sel = x != 0 if nonzero else np.ones(x.shape, bool)
@@ -175,7 +238,7 @@ def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]]
             out[c] = x * float(s.get("scale", 1.0)) + float(s.get("offset", 0.0))
         else:
             raise InputError(f"unknown preprocessing kind {kind!r} in the model card "
-                             "(expected window, zscore, scale or none)")
+                             "(expected window, minmax, zscore, scale or none)")
     return out
 
 
