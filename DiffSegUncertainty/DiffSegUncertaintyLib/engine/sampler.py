@@ -45,8 +45,8 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 #: CPU default chunk as a budget of voxels per network call (items x voxels of one item):
 #: ``batch_size=None`` on a CPU runs max(1, CPU_CHUNK_VOXELS // voxels) (image, sample) pairs at a time.
-#: Set from the chunk-size sweep in docs/benchmarks.md (hsrdiff-light, 128 x 128, 2 cores).
-#: PROVISIONAL: 4 x 128 x 128 until that sweep has been run on a quiet machine.
+#: Set from the chunk-size sweep in docs/benchmarks.md (hsrdiff-light, 128 x 128, 2 quiet cores): chunks
+#: of 2-4 ran 1.4-1.5x faster than 16 in fp32 and 4 was best in bf16 (1.3x over 16).
 CPU_CHUNK_VOXELS = 4 * 128 * 128
 
 
