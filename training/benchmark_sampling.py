@@ -140,7 +140,7 @@ def quality(args, device) -> dict[str, Any]:
     data_path = Path(args.data) if args.data else default_data()
     if not data_path.is_file():
         return {"status": f"no data at {data_path}", "model": str(args.model)}
-    data = qmod.load_data(data_path, card, args.quality_images)
+    data, card = qmod.load_data(data_path, card, args.quality_images)
     specs = [paper_spec(method, model)] + [s for s in reduced_specs(args, method) if s != paper_spec(method, model)]
     res = qmod.study(model, card, data, specs, samples=args.samples, seed=args.seed, device=device,
                      batch_size=args.batch_size)

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from DiffSegUncertaintyLib.engine import metrics  # noqa: E402
 from DiffSegUncertaintyLib.engine.checks import InputError  # noqa: E402
 from DiffSegUncertaintyLib.engine.evaluation import (  # noqa: E402
-    evaluate_predictor, load_multireader_npz, predictor_from_model, sampler_config_from_card)
+    data_for_model, evaluate_predictor, load_multireader_npz, predictor_from_model, sampler_config_from_card)
 from DiffSegUncertaintyLib.engine.sampler import sample  # noqa: E402
 from DiffSegUncertaintyLib.engine.uncertainty import summarize  # noqa: E402
 
@@ -259,11 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = plot_steps(sweep, args.out, args.samples)
         elif args.figure == "kappa":
             model, card = _load(args.model, args.device)
+            data, card = data_for_model(data, card)  # as diffseg evaluate: crop models on their box
             ts, kappa = kappa_trace(model, card, data.images[args.index], args.samples, args.seed, args.steps,
                                     args.sampler)
             out = plot_kappa(ts, kappa, args.out, [data.item_id(i) for i in args.index], model.schedule.T)
         else:
             model, card = _load(args.model, args.device)
+            data, card = data_for_model(data, card)
             cfg = sampler_config_from_card(card, steps=args.steps, method=args.sampler)
             pred = predictor_from_model(model, card, cfg, args.seed, args.device)
             if args.figure == "case":

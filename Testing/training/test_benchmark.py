@@ -163,3 +163,19 @@ def test_benchmark_quality_uses_the_crop_and_paired_differences(tmp_path):
     assert list(q["project"]) == ["ddpm:40", "ddim:3"]
     assert q["project"]["ddim:3"]["ged_verdict"] in ("equal", "within (point)", "worse", "better", "undecided")
     assert "ged_vs_paper" in q["project"]["ddim:3"]
+
+
+def test_quality_study_sees_what_diffseg_evaluate_sees(lidc_root):
+    """A minmax CT card on the LIDC crops: the whole crop is preprocessed before the box (exactly x / 255)."""
+    import numpy as np
+
+    from training.bench.quality import load_data
+    card = {"architecture": {"spatial_dims": 2},
+            "input": {"size": [64, 64], "roi_required": True,
+                      "preprocessing": {"kind": "minmax", "lower": -1000.0, "upper": 1400.0}}}
+    data, view = load_data(lidc_root / "val.npz", card, 3)
+    with np.load(lidc_root / "val.npz") as z:
+        idx = np.linspace(0, len(z["images"]) - 1, 3).round().astype(int)
+        want = z["images"][idx, 32:96, 32:96] / 255
+    np.testing.assert_allclose(data.images, want, rtol=0, atol=1e-6)
+    assert view["input"]["preprocessing"] == {"kind": "none"}

@@ -92,13 +92,11 @@ def make_predictor(model, card, config: SamplerConfig, *, seed: int, device, bat
 
 
 def load_data(path, card, images: int | None):
-    """The multi-reader set, ``images`` evenly spaced; crop models get the centre box of their size."""
-    from DiffSegUncertaintyLib.engine.evaluation import load_multireader_npz
-    from DiffSegUncertaintyLib.engine.modelfile import roi_required
-    data = load_multireader_npz(path).subset(images)
-    if roi_required(card):
-        data = data.centre_crop(card["input"]["size"])
-    return data
+    """(the multi-reader set, the card to build predictors from), as ``diffseg evaluate`` scores a model
+    (``evaluation.data_for_model``: ``images`` evenly spaced, 3D stacks, crop models preprocessed on the
+    whole image and then cut to the centre box of their size)."""
+    from DiffSegUncertaintyLib.engine.evaluation import data_for_model, load_multireader_npz
+    return data_for_model(load_multireader_npz(path), card, images)
 
 
 # -- statistics --------------------------------------------------------------------------------------
@@ -229,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     model, card = load_model(args.model, args.device)
     data_path = Path(args.data) if args.data else default_data()
-    data = load_data(data_path, card, args.images)
+    data, card = load_data(data_path, card, args.images)
     started = time.perf_counter()
     res = study(model, card, data, args.specs, samples=args.samples, seed=args.seed, device=args.device,
                 batch_size=args.batch_size, boot=args.bootstrap)
