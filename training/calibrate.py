@@ -48,6 +48,8 @@ from DiffSegUncertaintyLib.engine.diffusion import to_probabilities
 from DiffSegUncertaintyLib.engine.evaluation import (data_for_model, evaluate_predictor, load_multireader_npz,
                                                      predictor_from_model, write_report)
 
+from .export import card_metrics
+
 TAU_MIN, TAU_MAX, GRID = 0.05, 4.0, 25
 
 ToProbabilities = Callable[[torch.Tensor, float], torch.Tensor]
@@ -167,14 +169,9 @@ def write_tau_out(folder: str | os.PathLike, tau: float, calibration: Mapping[st
     card["architecture"]["tau_out"] = float(tau)
     card["calibration"] = dict(calibration)
     if evaluation is not None:
-        card["metrics"] = {
-            "split": "val", "step": (card.get("metrics") or {}).get("step"),
-            "source": "training.calibrate: diffseg evaluate scoring at the fitted tau_out",
-            "data": evaluation.get("data"), "images": evaluation["num_images"],
-            "samples": evaluation["num_samples"], "sampler": evaluation.get("sampler_config"),
-            "tau_out": float(tau), "conventions": evaluation.get("conventions_text"),
-            "values": {k: v["mean"] for k, v in evaluation["summary"].items()},
-            "std": {k: v["std"] for k, v in evaluation["summary"].items()}}
+        card["metrics"] = card_metrics(evaluation, "val", (card.get("metrics") or {}).get("step"),
+                                       "training.calibrate: diffseg evaluate scoring at the fitted tau_out",
+                                       tau_out=float(tau))
         card["calibration"]["note"] = "the card's metrics were scored at the fitted tau_out"
     write_card_atomically(folder, card)
     try:

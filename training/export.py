@@ -51,12 +51,8 @@ def export_run(run: str | Path, output: str | Path, name: str | None = None, hal
     sampling = _sampling(method, {**(cfg.get("sampling") or {}), **(sampling or {})})
     metrics: dict[str, Any] | None = None
     if evaluation is not None:
-        doc = json.loads(Path(evaluation).read_text())
-        metrics = {"split": cfg["data"]["val_split"], "step": state["step"], "source": "diffseg evaluate",
-                   "data": doc.get("data"), "images": doc["num_images"], "samples": doc["num_samples"],
-                   "sampler": doc.get("sampler_config"), "conventions": doc.get("conventions_text"),
-                   "values": {k: v["mean"] for k, v in doc["summary"].items()},
-                   "std": {k: v["std"] for k, v in doc["summary"].items()}}
+        metrics = card_metrics(json.loads(Path(evaluation).read_text()), cfg["data"]["val_split"],
+                               state["step"])
     elif state.get("metrics"):
         metrics = {"split": cfg["data"]["val_split"], "step": state["step"], "source": "training validation",
                    **state.get("settings", {}), "values": state["metrics"]}
@@ -70,6 +66,17 @@ def export_run(run: str | Path, output: str | Path, name: str | None = None, hal
     return save_model(model, output, name=name or output.name, method=method,
                       preset=str(cfg["model"].get("preset")), sampling=sampling, inputs=card_inputs(info),
                       classes=info["classes"], training=training, metrics=metrics, half=half)
+
+
+def card_metrics(doc: dict[str, Any], split: str, step: int | None, source: str = "diffseg evaluate",
+                 **extra: Any) -> dict[str, Any]:
+    """The card's ``metrics`` block from a ``diffseg evaluate`` report (its metrics.json): one format
+    for every writer (export, ``training.calibrate``)."""
+    return {"split": split, "step": step, "source": source, "data": doc.get("data"),
+            "images": doc["num_images"], "samples": doc["num_samples"], "sampler": doc.get("sampler_config"),
+            **extra, "conventions": doc.get("conventions_text"),
+            "values": {k: v["mean"] for k, v in doc["summary"].items()},
+            "std": {k: v["std"] for k, v in doc["summary"].items()}}
 
 
 def card_inputs(info: dict[str, Any]) -> dict[str, Any]:
