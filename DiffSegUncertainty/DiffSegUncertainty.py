@@ -126,6 +126,7 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if folder:
             self.ui.modelsFolderButton.directory = folder
         self.ui.deviceComboBox.currentIndex = int(settings.value(SETTINGS + "Device", 0))
+        self.ui.fastCheckBox.checked = str(settings.value(SETTINGS + "Fast", "false")).lower() == "true"
         self.ui.exportDirectoryButton.directory = settings.value(SETTINGS + "ExportFolder", qt.QDir.homePath())
 
         self.timer.timeout.connect(self.logic.poll)
@@ -185,13 +186,15 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             samples=self.ui.samplesSpinBox.value,
             steps=self.ui.stepsSpinBox.value or None,
             seed=self.ui.seedSpinBox.value,
-            device=DEVICE_CHOICES[self.ui.deviceComboBox.currentIndex])
+            device=DEVICE_CHOICES[self.ui.deviceComboBox.currentIndex],
+            precision="bf16" if self.ui.fastCheckBox.checked else "fp32")
 
     def onSampleButton(self):
         if self.logic.busy:
             self.logic.cancel()
             return
         qt.QSettings().setValue(SETTINGS + "Device", self.ui.deviceComboBox.currentIndex)
+        qt.QSettings().setValue(SETTINGS + "Fast", "true" if self.ui.fastCheckBox.checked else "false")
         request = self.request()
         try:
             self.logic.validate(request)  # tell about bad inputs before offering installs

@@ -4,7 +4,7 @@
         [--model runs/export/hsrdiff-light --data ../shared/data/lidc128/val.npz] --output runs/bench.json
 
 For each case (a preset on an input size) and step count it times 16 hypotheses of one image with
-``sampler.sample`` (image encoded once, all hypotheses in one batch) and, at the papers' step counts,
+``sampler.sample`` (image encoded once, the hypotheses in chunks) and, at the papers' step counts,
 with the paper-faithful reference of ``training/bench/reference.py`` (one hypothesis at a time, the
 condition encoder / prior recomputed at every step); it reports peak memory, the FLOPs of one denoiser
 evaluation (``FlopCounterMode``), the achieved FLOP/s against the device's peak, the speed-up over the
@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from DiffSegUncertaintyLib.engine import registry
+from DiffSegUncertaintyLib.engine.modelfile import PRECISIONS
 from DiffSegUncertaintyLib.engine.sampler import SamplerConfig
 
 from .bench import measure, reference
@@ -442,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how to time the paper-faithful sampler (auto: as --measure)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU default 2)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
                     help="the sampler's precision (bf16: networks under torch.autocast)")
     ap.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none",
                     help="bf16 = --precision bf16; fp16 autocast is applied around the sampler")

@@ -32,7 +32,8 @@ import torch  # noqa: E402
 from DiffSegUncertaintyLib.engine import metrics  # noqa: E402
 from DiffSegUncertaintyLib.engine.checks import InputError  # noqa: E402
 from DiffSegUncertaintyLib.engine.evaluation import (  # noqa: E402
-    data_for_model, evaluate_predictor, load_multireader_npz, predictor_from_model, sampler_config_from_card)
+    MultiReaderSet, data_for_model, evaluate_predictor, load_multireader_npz, predictor_from_model,
+    sampler_config_from_card)
 from DiffSegUncertaintyLib.engine.sampler import sample  # noqa: E402
 from DiffSegUncertaintyLib.engine.uncertainty import summarize  # noqa: E402
 
@@ -51,20 +52,23 @@ def _save(fig: plt.Figure, path: str | Path, data: Mapping[str, Any] | None = No
 
 # -- DSC / GED against sampling steps (PGRD Fig. 3) ------------------------------------------------
 
-def steps_sweep(models: Mapping[str, tuple[Any, Mapping[str, Any]]], images: np.ndarray,
-                annotations: np.ndarray, steps: Sequence[int], num_samples: int = 4, seed: int = 0,
-                sampler: str | None = None, batch_size: int | None = None) -> dict[str, dict[str, list]]:
+def steps_sweep(models: Mapping[str, tuple[Any, Mapping[str, Any]]], data: MultiReaderSet,
+                steps: Sequence[int], num_samples: int = 4, seed: int = 0, sampler: str | None = None,
+                batch_size: int | None = None, max_items: int | None = None) -> dict[str, dict[str, Any]]:
     """For each model (name -> (model, card)) and step count: DSC and GED (mean, std over images),
-    through ``evaluate_predictor``; a step count above a model's T is skipped."""
-    out: dict[str, dict[str, list]] = {}
+    through ``evaluate_predictor``; a step count above a model's T is skipped. Each model sees ``data``
+    as ``diffseg evaluate`` shows it to that model (``data_for_model``: ``max_items`` evenly spaced items,
+    a crop model its centre box, a 3D model stacks of slices)."""
+    out: dict[str, dict[str, Any]] = {}
     for name, (model, card) in models.items():
-        row: dict[str, list] = {"steps": [], "dice": [], "ged": [], "hm_iou": []}
+        seen, view = data_for_model(data, card, max_items)
+        row: dict[str, Any] = {"steps": [], "dice": [], "ged": [], "hm_iou": [], "num_images": len(seen)}
         for s in steps:
             if int(s) > model.schedule.T:
                 continue
-            cfg = sampler_config_from_card(card, steps=int(s), method=sampler)
-            pred = predictor_from_model(model, card, cfg, seed, batch_size=batch_size)
-            res = evaluate_predictor(pred, images, annotations, num_samples, batch_size=len(images))
+            cfg = sampler_config_from_card(view, steps=int(s), method=sampler)
+            pred = predictor_from_model(model, view, cfg, seed, batch_size=batch_size)
+            res = evaluate_predictor(pred, seen.images, seen.masks, num_samples, batch_size=len(seen))
             row["steps"].append(int(s))
             for k in ("dice", "ged", "hm_iou"):
                 row[k].append(list(res["summary"][k]))
@@ -248,14 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         data = load_multireader_npz(args.data)
         if args.figure == "steps":
-            data = data.subset(args.max_images)
             models = {}
             for m in args.model:
                 model, card = _load(m, args.device)
                 models[str(card.get("name", m))] = (model, card)
-            sweep = steps_sweep(models, data.images, data.masks, args.steps, args.samples, args.seed, args.sampler)
-            for row in sweep.values():
-                row["num_images"] = len(data)
+            sweep = steps_sweep(models, data, args.steps, args.samples, args.seed, args.sampler,
+                                max_items=args.max_images)
             out = plot_steps(sweep, args.out, args.samples)
         elif args.figure == "kappa":
             model, card = _load(args.model, args.device)

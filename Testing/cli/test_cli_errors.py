@@ -187,3 +187,14 @@ def test_cuda_without_gpu_is_a_bad_input(tmp_path, model2d, volumes):
                                "--device", "cuda")
     assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_bf16_where_autocast_cannot_run_is_a_bad_input(tmp_path, model2d, volumes, monkeypatch, capsys):
+    """Apple MPS cannot run here, so the device choice is made to answer "mps"; bf16 there is refused
+    before the model is loaded."""
+    monkeypatch.setattr(cli, "_pick_device", lambda choice: "mps")
+    rc = cli.main([str(a) for a in ("sample", volumes["lps"], "--model", model2d, "--output", tmp_path / "o",
+                                    "--precision", "bf16")])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and "--precision bf16 runs on cpu and cuda only" in err, err
+    assert not (tmp_path / "o").exists()

@@ -28,6 +28,7 @@ def run(tmp_path_factory, model2d, model3d, model_pgrd, volumes):
         "2d-perm": (volumes["permuted-flipped-anisotropic"], ["--model", model2d]),
         "2d-perm-again": (volumes["permuted-flipped-anisotropic"], ["--model", model2d]),
         "2d-perm-seed1": (volumes["permuted-flipped-anisotropic"], ["--model", model2d, "--seed", "1"]),
+        "2d-perm-bf16": (volumes["permuted-flipped-anisotropic"], ["--model", model2d, "--precision", "bf16"]),
         # by name through --models-dir
         "2d-lps": (volumes["lps"], ["--model", "tiny2d", "--models-dir", model2d.parent]),
         "3d-perm": (volumes["permuted-flipped-anisotropic"], ["--model", model3d, "--samples", "2"]),
@@ -104,6 +105,16 @@ def test_same_seed_same_bits_other_seed_other_hypotheses(run):
         (run("2d-perm-again") / "hypotheses.seg.nrrd").read_bytes()
     assert not np.array_equal(a["hypotheses.seg.nrrd"], c["hypotheses.seg.nrrd"])
     assert summary(run("2d-perm-seed1"))["seed"] == 1
+
+
+def test_bf16_is_close_to_fp32_and_recorded(run):
+    a, b = arrays(run("2d-perm")), arrays(run("2d-perm-bf16"))
+    s32, s16 = summary(run("2d-perm")), summary(run("2d-perm-bf16"))
+    assert (s32["precision"], s16["precision"]) == ("fp32", "bf16")
+    assert s32["batch_size"] == s16["batch_size"]  # only the precision differs
+    p32, p16 = a["mean_probability.nrrd"], b["mean_probability.nrrd"]
+    assert not np.array_equal(p32, p16)  # the networks really ran in bfloat16
+    assert np.abs(p32.astype(np.float64) - p16).mean() < 0.02
 
 
 def test_roi_limits_the_work_and_the_outputs(run, volumes):

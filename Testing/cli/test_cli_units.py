@@ -13,10 +13,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from DiffSegUncertaintyLib.engine import modelfile, testing
+from DiffSegUncertaintyLib.engine import modelfile, sampler, testing
 from DiffSegUncertaintyLib.engine.checks import InputError
-from DiffSegUncertaintyLib.engine.inference import run_with_oom_retry
-from DiffSegUncertaintyLib.engine.volumes import canonical_orientation, preprocess
+from DiffSegUncertaintyLib.engine.inference import DEFAULT_BATCH_2D, run_model, run_with_oom_retry
+from DiffSegUncertaintyLib.engine.volumes import canonical_orientation, preprocess, read_inputs
 
 
 def test_half_precision_folder_round_trips(tmp_path, model2d):
@@ -92,6 +92,35 @@ def test_out_of_memory_halves_the_batch_and_retries():
 
     with pytest.raises(RuntimeError, match="shape mismatch"):  # not memory: no retry
         run_with_oom_retry(other, 4)
+
+
+def test_cpu_run_sends_a_voxel_budget_through_the_network(model2d, volumes, monkeypatch):
+    """Without --batch-size a CPU run keeps its groups of 64 // M slices (progress, cancel) but the network
+    takes the sampler's CPU chunk at a time; the hypotheses equal an all-at-once run to float rounding,
+    and bf16 reaches the networks (close to fp32, not equal)."""
+    model, card = modelfile.load_model(model2d, "cpu")
+    vols = read_inputs([volumes["lps"]])
+    image = preprocess(vols.channels, card["input"].get("preprocessing"))
+    voxels = int(np.prod(card["input"]["size"]))
+    monkeypatch.setattr(sampler, "CPU_CHUNK_VOXELS", 3 * voxels)
+    m, cfg = 4, sampler.SamplerConfig(method="ddim", steps=2)
+
+    def run(**kw):
+        return run_model(model, card, image, vols.geometry, m, cfg, seed=0, **kw)
+
+    default = run()
+    n_slices = vols.geometry.size[2] if len(vols.geometry.size) == 3 else 1
+    assert default.batch_size == 3
+    assert default.units == -(-n_slices // (DEFAULT_BATCH_2D // m))  # groups unchanged by the chunk
+    whole = run(batch_size=DEFAULT_BATCH_2D)
+    assert whole.batch_size == DEFAULT_BATCH_2D
+    assert torch.allclose(default.y0, whole.y0, atol=1e-5)
+    assert torch.equal(run().y0, default.y0)  # the same chunk and seed: the same bits
+    bf16 = run(precision="bf16")
+    assert not torch.equal(bf16.y0, default.y0)
+    assert (bf16.y0 - default.y0).abs().mean() < 0.02
+    with pytest.raises(InputError, match="--precision"):
+        run(precision="fp16")
 
 
 def test_canonical_orientation_matches_dicom_orient_lps():

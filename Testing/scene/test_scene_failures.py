@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scene_helpers import load_volume, scene_counts
 
-from DiffSegUncertaintyLib.engine import testing
+from DiffSegUncertaintyLib.engine import cli, testing
 from DiffSegUncertaintyLib.scene.inputs import InputProblem, SampleRequest
 from DiffSegUncertaintyLib.scene.logic import DiffSegUncertaintyLogic
 from DiffSegUncertaintyLib.scene.runner import group_alive
@@ -96,6 +96,8 @@ CASES = {
                     "lies outside the volume"),
     "zero samples": (lambda app, vol, model, tmp: SampleRequest(vol, model, samples=0), "at least 1"),
     "bad device": (lambda app, vol, model, tmp: SampleRequest(vol, model, device="tpu"), "Unknown device"),
+    "bad precision": (lambda app, vol, model, tmp: SampleRequest(vol, model, precision="fp16"),
+                      "Unknown precision 'fp16': choose fp32 or bf16"),
 }
 
 
@@ -124,3 +126,16 @@ def test_a_crop_model_requires_an_roi(app, volume, tiny_model, tmp_path):
     (folder / "model.json").write_text(json.dumps(card))
     with pytest.raises(InputProblem, match="region of interest"):
         DiffSegUncertaintyLogic(app.scene).validate(SampleRequest(volume, folder))
+
+
+def test_the_command_carries_the_request_and_the_cli_reads_it(app, volume, tiny_model, tmp_path):
+    """The module's choices reach `diffseg sample` as options its own parser accepts."""
+    logic = DiffSegUncertaintyLogic(app.scene)
+    inputs, out = [tmp_path / "in.nrrd"], tmp_path / "out"
+    plain = logic.command(SampleRequest(volume, tiny_model), inputs, out)
+    fast = logic.command(SampleRequest(volume, tiny_model, steps=5, device="cpu", precision="bf16"), inputs, out)
+    assert "--precision" not in plain and "--steps" not in plain
+    parse = cli.build_parser().parse_args
+    assert parse(plain[3:]).precision == "fp32"  # after "python -m <module>"
+    args = parse(fast[3:])
+    assert (args.precision, args.steps, args.device, args.samples) == ("bf16", 5, "cpu", 16)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from DiffSegUncertaintyLib.engine import metrics, modelfile, testing
+from DiffSegUncertaintyLib.engine.evaluation import (data_for_model, evaluate_predictor, load_multireader_npz,
+                                                    predictor_from_model, sampler_config_from_card)
 from training import figures
 
 SCALE = {"kind": "scale", "scale": 1 / 255, "offset": 0.0}
@@ -26,16 +28,36 @@ def tiny(tmp_path_factory):
 
 
 def test_steps_sweep_and_plot(tiny, tmp_path):
-    folder, _, images, masks = tiny
+    folder, data_path, images, masks = tiny
     model, card = modelfile.load_model(folder)
-    sweep = figures.steps_sweep({"hsr": (model, card)}, images, masks, [1, 3, 50], num_samples=2,
-                                sampler="ddim")
+    data = load_multireader_npz(data_path)
+    sweep = figures.steps_sweep({"hsr": (model, card)}, data, [1, 3, 50], num_samples=2, sampler="ddim")
     row = sweep["hsr"]
     assert row["steps"] == [1, 3]  # 50 > T = 20 is skipped
+    assert row["num_images"] == len(images)
     assert all(0 <= d[0] <= 1 for d in row["dice"]) and len(row["ged"]) == 2
     out = figures.plot_steps(sweep, tmp_path / "steps.png", 2)
     assert out.stat().st_size > 1000
     assert json.loads(out.with_suffix(".json").read_text())["curves"]["hsr"]["steps"] == [1, 3]
+
+
+def test_steps_sweep_scores_a_crop_model_on_its_box(tiny, tmp_path):
+    """A crop model (input.roi_required, 8 x 8 on 16 x 16 data) is scored on the centre box, preprocessed
+    as a whole image first, exactly as diffseg evaluate scores it, not on a resized image."""
+    folder, data_path, _, _ = tiny
+    crop = testing.make_tiny_model_folder(tmp_path / "crop", size=[8, 8], preprocessing={"kind": "minmax"},
+                                          config={"schedule": {"kind": "linear", "T": 20, "scale_to_T": True}})
+    card_file = crop / "model.json"
+    card_file.write_text(json.dumps({**json.loads(card_file.read_text()),
+                                     "input": {**json.loads(card_file.read_text())["input"], "roi_required": True}}))
+    model, card = modelfile.load_model(crop)
+    data = load_multireader_npz(data_path)
+    row = figures.steps_sweep({"crop": (model, card)}, data, [2], num_samples=2, sampler="ddim")["crop"]
+    seen, view = data_for_model(data, card)
+    assert seen.images.shape[1:] == (8, 8)
+    pred = predictor_from_model(model, view, sampler_config_from_card(view, steps=2, method="ddim"), 0)
+    direct = evaluate_predictor(pred, seen.images, seen.masks, 2, batch_size=len(seen))
+    assert row["ged"][0] == list(direct["summary"]["ged"]) and row["num_images"] == len(seen)
 
 
 def test_kappa_from_sampler_extras(tiny, tmp_path):

@@ -11,6 +11,12 @@ Why the choices:
   they get the label embedding of background (what a perfect model answers), which also keeps
   sampler.check_image from rejecting them.
 - Out of GPU memory: the batch is halved and the work retried (``run_with_oom_retry``).
+- Two sizes, because they answer different questions: a *group* (``DEFAULT_BATCH_2D`` pairs' worth of
+  slices, ``DEFAULT_PATCHES_3D`` patches) is the unit of work, progress and cancellation; the *chunk*
+  is how many (slice or patch, hypothesis) pairs go through the network at once. Without
+  ``batch_size`` the chunk is the sampler's device default (``sampler.default_batch_size``: all pairs
+  of a group on a GPU, a voxel budget on a CPU, where large batches fall out of cache and run slower,
+  docs/benchmarks.md); an explicit ``batch_size`` sets both, as before.
 """
 
 from __future__ import annotations
@@ -27,12 +33,13 @@ from torch import Tensor
 
 from .checks import InputError
 from .diffusion import DiffusionSegmenter
-from .sampler import CancelFn, ProgressFn, SamplerConfig, SamplingCancelled, sample
+from .sampler import (CancelFn, ProgressFn, SamplerConfig, SamplingCancelled, check_precision,
+                      default_batch_size, sample)
 from .volumes import Canonical, Geometry, canonical_orientation
 
 T = TypeVar("T")
-DEFAULT_BATCH_2D = 64  # (slice, hypothesis) pairs per network call
-DEFAULT_PATCHES_3D = 2  # patches per sliding-window call (times the number of hypotheses)
+DEFAULT_BATCH_2D = 64  # (slice, hypothesis) pairs per group of slices
+DEFAULT_PATCHES_3D = 2  # patches per sliding-window call (each with all its hypotheses)
 
 
 @dataclass
@@ -163,12 +170,15 @@ def run_model(model: DiffusionSegmenter, card: dict[str, Any], image_arrays: np.
               geometry: Geometry, num_samples: int, sampler_config: SamplerConfig, seed: int,
               roi: Roi | None = None, batch_size: int | None = None,
               progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-              overlap: float = 0.25) -> InferenceResult:
+              overlap: float = 0.25, precision: str = "fp32",
+              channels_last: bool = False) -> InferenceResult:
     """Draw ``num_samples`` hypotheses of a whole image.
 
     image_arrays: (Cin, *array_shape) float32, already preprocessed (volumes.preprocess), on
         ``geometry``'s grid. roi: index box (None = everything). batch_size: (slice or patch,
-        hypothesis) pairs per network call (None: 64 for 2D, 2 patches' worth for 3D).
+        hypothesis) pairs per network call (None: the sampler's device default within groups of
+        64 pairs' worth of slices (2D) or 2 patches (3D), module docstring).
+        precision, channels_last: the sampler's options (``sampler.sample``).
     """
     dims = int(card["architecture"]["spatial_dims"])
     if image_arrays.shape[0] != model.in_channels:
@@ -178,6 +188,10 @@ def run_model(model: DiffusionSegmenter, card: dict[str, Any], image_arrays: np.
         raise InputError("a 3D model needs a 3D volume; this input is a 2D image")
     if num_samples < 1:
         raise InputError("--samples must be at least 1")
+    try:
+        check_precision(precision, next(model.parameters()).device)
+    except ValueError as e:
+        raise InputError(f"--precision: {e}") from None
     roi = check_roi(roi, geometry)
     crop = image_arrays[(slice(None),) + roi.slices()]
     if geometry.dimension == 2:
@@ -189,12 +203,13 @@ def run_model(model: DiffusionSegmenter, card: dict[str, Any], image_arrays: np.
         raise InputError("the image (inside the ROI) is constant: nothing to segment")
     timesteps = model.schedule.timesteps(sampler_config.steps, sampler_config.spacing)
     size = [int(s) for s in card["input"]["size"]]
+    options = {"precision": precision, "channels_last": bool(channels_last)}
     if dims == 2:
         y0, units, skipped, bs = _run_2d(model, vol, size, num_samples, sampler_config, seed,
-                                         batch_size, len(timesteps), progress, cancel)
+                                         batch_size, len(timesteps), progress, cancel, options)
     else:
         y0, units, skipped, bs = _run_3d(model, vol, size, num_samples, sampler_config, seed,
-                                         batch_size, len(timesteps), progress, cancel, overlap)
+                                         batch_size, len(timesteps), progress, cancel, overlap, options)
     back = canon.backward(y0.numpy())
     if geometry.dimension == 2:
         back = back[:, :, 0]
@@ -205,18 +220,18 @@ def run_model(model: DiffusionSegmenter, card: dict[str, Any], image_arrays: np.
 
 def _run_2d(model: DiffusionSegmenter, vol: Tensor, size: list[int], m: int, config: SamplerConfig,
             seed: int, batch_size: int | None, steps: int, progress: ProgressFn | None,
-            cancel: CancelFn | None) -> tuple[Tensor, int, int, int]:
+            cancel: CancelFn | None, options: dict[str, Any]) -> tuple[Tensor, int, int, int]:
     """vol (Cin, S, P, L): slices along S, each resized to ``size`` and back."""
     n_slices, plane = vol.shape[1], tuple(vol.shape[2:])
     c = model.num_classes
-    bs = batch_size or DEFAULT_BATCH_2D
+    device = next(model.parameters()).device
+    group = max(1, (batch_size or DEFAULT_BATCH_2D) // m)
+    bs = batch_size or default_batch_size(device, size, group * m)
     out = _background(c, (n_slices, *plane)).unsqueeze(0).repeat(m, 1, 1, 1, 1)  # (M, C, S, P, L)
     slices = vol.movedim(1, 0)  # (S, Cin, P, L)
     todo = [int(i) for i in torch.nonzero(_nonconstant(slices)).flatten()]
-    group = max(1, bs // m)
     groups = [todo[i:i + group] for i in range(0, len(todo), group)]
     track = _Progress(len(groups), steps, progress)
-    device = next(model.parameters()).device
     for idx in groups:
         if cancel is not None and cancel():
             raise SamplingCancelled("sampling cancelled")
@@ -224,7 +239,8 @@ def _run_2d(model: DiffusionSegmenter, vol: Tensor, size: list[int], m: int, con
         cb = track.callback()
 
         def draw(b: int) -> Tensor:
-            return sample(model, x, m, config, seed=seed, batch_size=b, progress=cb, cancel=cancel).y0
+            return sample(model, x, m, config, seed=seed, batch_size=b, progress=cb, cancel=cancel,
+                          **options).y0
 
         y, bs = run_with_oom_retry(draw, bs, lambda b: _log(f"out of memory: batch size now {b}"))
         g = y.shape[0]
@@ -246,7 +262,8 @@ def count_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: f
 
 def _run_3d(model: DiffusionSegmenter, vol: Tensor, size: list[int], m: int, config: SamplerConfig,
             seed: int, batch_size: int | None, steps: int, progress: ProgressFn | None,
-            cancel: CancelFn | None, overlap: float) -> tuple[Tensor, int, int, int]:
+            cancel: CancelFn | None, overlap: float,
+            options: dict[str, Any]) -> tuple[Tensor, int, int, int]:
     """vol (Cin, S, P, L): MONAI sliding window with patch size ``size``; the predictor samples M
     hypotheses per patch and returns them stacked on channels (M*C), which MONAI blends."""
     from monai.inferers import sliding_window_inference
@@ -254,12 +271,12 @@ def _run_3d(model: DiffusionSegmenter, vol: Tensor, size: list[int], m: int, con
     if not 0 <= overlap < 1:
         raise InputError(f"--overlap must be in [0, 1) (got {overlap})")
     c = model.num_classes
-    bs = batch_size or DEFAULT_PATCHES_3D * m
-    patches_per_call = max(1, bs // m)
+    device = next(model.parameters()).device
+    patches_per_call = max(1, (batch_size or DEFAULT_PATCHES_3D * m) // m)
+    bs = batch_size or default_batch_size(device, size, patches_per_call * m)
     n_windows = count_windows(vol.shape[1:], size, overlap)
     units = math.ceil(n_windows / patches_per_call)
     track = _Progress(units, steps, progress)
-    device = next(model.parameters()).device
     state = {"bs": bs, "skipped": 0}
 
     def predictor(patches: Tensor) -> Tensor:
@@ -275,7 +292,7 @@ def _run_3d(model: DiffusionSegmenter, vol: Tensor, size: list[int], m: int, con
 
             def draw(b: int) -> Tensor:
                 return sample(model, x, m, config, seed=seed, batch_size=b, progress=cb,
-                              cancel=cancel).y0
+                              cancel=cancel, **options).y0
 
             y, state["bs"] = run_with_oom_retry(draw, state["bs"],
                                                 lambda b: _log(f"out of memory: batch size now {b}"))

@@ -33,6 +33,8 @@ REQUIRED_FIELDS = ("format_version", "name", "method", "preset", "architecture",
                    "classes", "label_embedding", "weights")
 LABEL_EMBEDDING = "2*onehot-1"
 SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+#: the sampler's precisions (sampler.sample), kept here, torch-free, for the CLI parser and the scene layer
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 class ModelFileError(InputError):

@@ -37,11 +37,10 @@ from torch import Tensor
 
 from .checks import check_image
 from .diffusion import Condition, DiffusionSegmenter, Spacing, Variance, select_condition
+from .modelfile import PRECISIONS
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
-Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 #: CPU default chunk as a budget of voxels per network call (items x voxels of one item):
 #: ``batch_size=None`` on a CPU runs max(1, CPU_CHUNK_VOXELS // voxels) (image, sample) pairs at a time.

@@ -40,6 +40,7 @@ class SampleRequest:
     steps: int | None = None                 # None: the card's default
     seed: int = 0
     device: str = "auto"                     # auto | cuda | cpu
+    precision: str = "fp32"                  # fp32 | bf16 (the module's "Faster" box; `--precision`)
 
     @property
     def volumes(self) -> list:

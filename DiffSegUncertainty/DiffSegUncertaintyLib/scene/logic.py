@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..engine.modelfile import PRECISIONS
 from .export import export_run
 from .inputs import InputProblem, SampleRequest, check_request, roi_box_lps, write_input
 from .progress import ProgressTracker
@@ -108,6 +109,8 @@ class DiffSegUncertaintyLogic:
         check_request(request, card)
         if request.device.lower() not in DEVICES:
             raise InputProblem(f"Unknown device {request.device!r}: choose auto, GPU or CPU.")
+        if request.precision not in PRECISIONS:
+            raise InputProblem(f"Unknown precision {request.precision!r}: choose {' or '.join(PRECISIONS)}.")
         return card
 
     def command(self, request: SampleRequest, inputs: list[Path], output: Path) -> list[str]:
@@ -117,6 +120,8 @@ class DiffSegUncertaintyLogic:
                "--device", DEVICES[request.device.lower()]]
         if request.steps is not None:
             cmd += ["--steps", str(request.steps)]
+        if request.precision != "fp32":
+            cmd += ["--precision", request.precision]
         if request.roi is not None:
             lower, upper = roi_box_lps(request.roi, request.input_volume)
             # one "=" argument: a box starting with a negative number must not look like an option
