@@ -72,8 +72,8 @@ def build_parser(with_evaluate: bool = False) -> argparse.ArgumentParser:
                    "network call; halved automatically on out-of-memory (default: GPU 64 in 2D, 2 patches "
                    "in 3D; CPU a voxel budget, 4 pairs of 128 x 128, measured fastest)")
     s.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 (default) or bf16: the networks run under bfloat16 autocast, about 1.8x "
-                   "faster on CPUs with AVX-512-BF16/AMX and on recent GPUs; hypotheses close to fp32's, "
+                   help="fp32 (default) or bf16: the networks run under bfloat16 autocast, 1.2-1.9x "
+                   "faster measured on a CPU with AVX-512-BF16; hypotheses close to fp32's, "
                    "not equal (docs/benchmarks.md); cpu and cuda only")
     s.add_argument("--channels-last", action="store_true", help="run the networks in the channels-last "
                    "memory format (may help on GPUs; no gain measured on CPU)")
