@@ -24,6 +24,8 @@ def test_shipped_model_loads_and_is_documented(folder):
     # tau_out was fitted on val, and the card's metrics were scored at the tau_out the model runs with
     assert card["calibration"]["fitted_on"] == "val" and card["calibration"]["data"].endswith("val.npz")
     assert card["metrics"]["tau_out"] == card["architecture"]["tau_out"] == model.tau_out
+    # ... and with the sampler the card runs by default: a changed sampling block needs new metrics
+    assert card["metrics"]["sampler"] == card["calibration"]["sampler"] == card["sampling"]
 
 
 @pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
