@@ -111,6 +111,7 @@ def test_bf16_is_close_to_fp32_and_recorded(run):
     a, b = arrays(run("2d-perm")), arrays(run("2d-perm-bf16"))
     s32, s16 = summary(run("2d-perm")), summary(run("2d-perm-bf16"))
     assert (s32["precision"], s16["precision"]) == ("fp32", "bf16")
+    assert s32["channels_last"] is False and s16["channels_last"] is False
     assert s32["batch_size"] == s16["batch_size"]  # only the precision differs
     p32, p16 = a["mean_probability.nrrd"], b["mean_probability.nrrd"]
     assert not np.array_equal(p32, p16)  # the networks really ran in bfloat16

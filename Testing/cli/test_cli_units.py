@@ -97,7 +97,7 @@ def test_out_of_memory_halves_the_batch_and_retries():
 def test_cpu_run_sends_a_voxel_budget_through_the_network(model2d, volumes, monkeypatch):
     """Without --batch-size a CPU run keeps its groups of 64 // M slices (progress, cancel) but the network
     takes the sampler's CPU chunk at a time; the hypotheses equal an all-at-once run to float rounding,
-    and bf16 reaches the networks (close to fp32, not equal)."""
+    channels-last equals it to 1e-4, and bf16 reaches the networks (close to fp32, not equal)."""
     model, card = modelfile.load_model(model2d, "cpu")
     vols = read_inputs([volumes["lps"]])
     image = preprocess(vols.channels, card["input"].get("preprocessing"))
@@ -116,6 +116,7 @@ def test_cpu_run_sends_a_voxel_budget_through_the_network(model2d, volumes, monk
     assert whole.batch_size == DEFAULT_BATCH_2D
     assert torch.allclose(default.y0, whole.y0, atol=1e-5)
     assert torch.equal(run().y0, default.y0)  # the same chunk and seed: the same bits
+    assert torch.allclose(run(channels_last=True).y0, default.y0, atol=1e-4)  # the memory format only
     bf16 = run(precision="bf16")
     assert not torch.equal(bf16.y0, default.y0)
     assert (bf16.y0 - default.y0).abs().mean() < 0.02
