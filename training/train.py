@@ -50,11 +50,11 @@ from .data import build_dataset, pick_annotation
 METHODS = ("pgrd", "hsrdiff", "baseline")
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
-    "model": {"config": {}, "stage": "diffusion"},
+    "model": {"config": {}, "stage": "diffusion", "init_from": ""},
     "data": {"split": "train", "val_split": "val"},
     "train": {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "steps": 0,
               "epochs": 1, "warmup_steps": 0, "grad_clip": 1.0, "ema_decay": 0.999, "amp": True,
-              "num_workers": 0, "log_every": 50, "checkpoint_every": 500},
+              "cpu_amp": False, "channels_last": False, "num_workers": 0, "log_every": 50, "checkpoint_every": 500},
     "validation": {"every": 1000, "images": 32, "samples": 4, "metric": "ged", "batch_size": 8,
                    "sampler": {"method": "ddim", "steps": 25}},
     "sampling": {},
@@ -306,6 +306,33 @@ def cpu_name() -> str:
     return platform.processor() or "CPU"
 
 
+def autocast_for(dev: torch.device, t_cfg: dict[str, Any]) -> Any:
+    """bf16 autocast: on CUDA when ``train.amp`` (the default), on a CPU only when ``train.cpu_amp``
+    asks for it (measured faster on CPUs with AMX; docs/training.md "bf16 on a CPU")."""
+    if dev.type == "cuda" and t_cfg["amp"]:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if dev.type == "cpu" and t_cfg["cpu_amp"]:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def init_from_model(net: nn.Module, folder: str | os.PathLike) -> None:
+    """Warm start: copy a model folder's weights (safetensors, e.g. a shipped model) into ``net``, so
+    a longer run continues a shorter one whose checkpoints are gone. The architectures must match."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"model.init_from: no {path}")
+    state = load_file(str(path), device="cpu")
+    ref = net.state_dict()
+    state = {k: v.to(ref[k].dtype) if k in ref else v for k, v in state.items()}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"model.init_from {folder}: architecture differs (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+
+
 def train(cfg: dict[str, Any], out: Path, *, data_root: str | None = None, max_steps: int | None = None,
           resume: bool = False, device: str | None = None, command: str = "", quiet: bool = False
           ) -> dict[str, Any]:
@@ -336,6 +363,10 @@ def train(cfg: dict[str, Any], out: Path, *, data_root: str | None = None, max_s
     task = build_task(cfg, arch)
     task.full.to(dev)
     net = task.net
+    if cfg["model"]["init_from"] and not (resume and (out / ck.LAST).exists()):
+        init_from_model(net, cfg["model"]["init_from"])
+    if t_cfg["channels_last"]:
+        net.to(memory_format=torch.channels_last)
     net.train()
     ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(float(t_cfg["ema_decay"])), use_buffers=True)
     opt_cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[t_cfg["optimizer"].lower()]
@@ -383,7 +414,7 @@ def train(cfg: dict[str, Any], out: Path, *, data_root: str | None = None, max_s
     if main:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tb"), purge_step=step)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (dev.type == "cuda" and t_cfg["amp"]) else nullcontext()
+    amp = autocast_for(dev, t_cfg)
     v_cfg = cfg["validation"]
     metric = v_cfg["metric"]
     losses: list[float] = []
@@ -407,8 +438,11 @@ def train(cfg: dict[str, Any], out: Path, *, data_root: str | None = None, max_s
             torch.manual_seed(step_seed(seed, step, rank))  # timesteps, noise, dropout of this step
             for g in opt.param_groups:
                 g["lr"] = float(t_cfg["lr"]) * min(1.0, (step + 1) / max(1, int(t_cfg["warmup_steps"])))
+            image = batch["image"].to(dev)
+            if t_cfg["channels_last"] and image.dim() == 4:
+                image = image.contiguous(memory_format=torch.channels_last)
             with amp:
-                parts = step_fn(batch["image"].to(dev), labels.to(dev))
+                parts = step_fn(image, labels.to(dev))
             loss = parts["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower train.lr or check data")
