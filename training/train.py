@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "data": {"split": "train", "val_split": "val"},
     "train": {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "steps": 0,
               "epochs": 1, "warmup_steps": 0, "grad_clip": 1.0, "ema_decay": 0.999, "amp": True,
-              "cpu_amp": False, "channels_last": False, "num_workers": 0, "log_every": 50, "checkpoint_every": 500},
+              "cpu_amp": False, "channels_last": False, "lr_schedule": "constant", "num_workers": 0, "log_every": 50, "checkpoint_every": 500},
     "validation": {"every": 1000, "images": 32, "samples": 4, "metric": "ged", "batch_size": 8,
                    "sampler": {"method": "ddim", "steps": 25}},
     "sampling": {},
@@ -258,7 +258,9 @@ def validate(task: Task, net: nn.Module, dataset: Any, cfg: dict[str, Any], devi
     through engine.evaluation.evaluate_predictor (the same scoring as ``diffseg evaluate``)."""
     from DiffSegUncertaintyLib.engine.evaluation import evaluate_predictor
     v = cfg["validation"]
-    items = [dataset[i] for i in range(min(int(v["images"]), len(dataset)))]
+    n = min(int(v["images"]), len(dataset))
+    # evenly spaced over the split (as diffseg evaluate --max-images), not its first patients
+    items = [dataset[int(i)] for i in np.linspace(0, len(dataset) - 1, n).round().astype(int)]
     images = np.stack([it["image"].numpy() for it in items])             # (N, Cin, *S), preprocessed
     annotations = np.stack([it["annotations"].numpy() for it in items])  # (N, A, *S)
     was = net.training
@@ -304,6 +306,17 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "CPU"
+
+
+def learning_rate(t_cfg: dict[str, Any], step: int, total: int) -> float:
+    """Linear warm-up, then constant (``train.lr_schedule = "constant"``) or a cosine decay to 0 at the
+    configured total (``"cosine"``), a function of the step alone so a resumed run keeps the schedule."""
+    lr = float(t_cfg["lr"]) * min(1.0, (step + 1) / max(1, int(t_cfg["warmup_steps"])))
+    if t_cfg["lr_schedule"] == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(1, total)))
+    if t_cfg["lr_schedule"] != "constant":
+        raise ValueError(f"train.lr_schedule must be constant or cosine, not {t_cfg['lr_schedule']!r}")
+    return lr
 
 
 def autocast_for(dev: torch.device, t_cfg: dict[str, Any]) -> Any:
@@ -437,7 +450,7 @@ def train(cfg: dict[str, Any], out: Path, *, data_root: str | None = None, max_s
             labels, _ = pick_annotation(batch["annotations"], gen, batch.get("weights"))
             torch.manual_seed(step_seed(seed, step, rank))  # timesteps, noise, dropout of this step
             for g in opt.param_groups:
-                g["lr"] = float(t_cfg["lr"]) * min(1.0, (step + 1) / max(1, int(t_cfg["warmup_steps"])))
+                g["lr"] = learning_rate(t_cfg, step, total)
             image = batch["image"].to(dev)
             if t_cfg["channels_last"] and image.dim() == 4:
                 image = image.contiguous(memory_format=torch.channels_last)
@@ -463,7 +476,8 @@ def train(cfg: dict[str, Any], out: Path, *, data_root: str | None = None, max_s
                     writer.add_scalar(f"train/{k}", float(torch.as_tensor(val).detach().float().mean()), step)
                 writer.add_scalar("train/lr", opt.param_groups[0]["lr"], step)
             if val_ds is not None and main and (step % int(v_cfg["every"]) == 0 or step == total):
-                scores = validate(task, ema.module, val_ds, cfg, dev, seed)
+                with amp:
+                    scores = validate(task, ema.module, val_ds, cfg, dev, seed)
                 scores["step"] = step
                 with open(out / ck.VAL_LOG, "a") as f:
                     f.write(json.dumps(scores) + "\n")

@@ -25,7 +25,7 @@ DATA = {"dataset": "lidc", "split": "val", "val_split": "val", "dims": 2, "size"
 def tiny(path: Path, root: Path, **extra) -> dict:
     """A config shrunk for tests: tiny preset, 4 LIDC val slices at 16 x 16, 2 steps, one validation."""
     cfg = load_config(path)
-    ov = {"model.preset": "tiny", "data": dict(DATA), "train.batch_size": 2, "train.num_workers": 0,
+    ov = {"model.preset": "tiny", "model.init_from": "", "data": dict(DATA), "train.batch_size": 2, "train.num_workers": 0,
           "train.steps": 2, "train.checkpoint_every": 1, "train.log_every": 1,
           "validation.images": 2, "validation.samples": 2, "validation.every": 2,
           "validation.batch_size": 2, "validation.sampler": {"method": "ddim", "steps": 2}}
@@ -260,3 +260,44 @@ def test_ema_warmup_forgets_the_initial_weights():
     expected = float(np.prod([(1 + n) / (10 + n) for n in range(1, 601)]))
     assert w == pytest.approx(expected, rel=1e-4) and w < 1e-15
     # a fixed 0.999 would have kept 0.999^600 = 0.55 of the random start
+
+
+def test_warm_start_copies_a_model_folder_and_refuses_another_architecture(resumed_run, lidc_root, tmp_path):
+    """model.init_from: the run starts from the folder's weights (float16 ones included), and a folder
+    of another architecture is refused before any step."""
+    from safetensors.torch import load_file
+    from training.train import init_from_model
+    folder = export_run(resumed_run[0], tmp_path / "m", half=True)
+    info = ck.read_config(resumed_run[0])
+    task = build_task(info["config"], info["architecture"])
+    init_from_model(task.net, folder)
+    shipped = load_file(str(folder / "model.safetensors"))
+    for k, v in task.net.state_dict().items():
+        assert torch.equal(v, shipped[k].to(v.dtype)), k
+    other = load_config(CONFIGS[0].with_name("hsrdiff.toml"), {"model.preset": "hsrdiff-small", "data": dict(DATA)})
+    with pytest.raises((ValueError, RuntimeError)):
+        init_from_model(build_task(other, model_config(other, build_dataset(DATA, "val", str(lidc_root)))).net, folder)
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        init_from_model(task.net, tmp_path)
+
+
+def test_learning_rate_warms_up_then_decays_on_a_cosine():
+    from training.train import learning_rate
+    t = {"lr": 1e-3, "warmup_steps": 10, "lr_schedule": "cosine"}
+    assert learning_rate(t, 0, 100) == pytest.approx(1e-4 * 0.5 * (1 + np.cos(0)))
+    assert learning_rate(t, 50, 100) == pytest.approx(0.5e-3)
+    assert learning_rate(t, 100, 100) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate({**t, "lr_schedule": "constant"}, 50, 100) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        learning_rate({**t, "lr_schedule": "step"}, 5, 100)
+
+
+def test_cpu_bf16_autocast_trains_close_to_fp32(lidc_root, tmp_path):
+    """train.cpu_amp: the same 2 steps in bf16 autocast give finite losses within bf16 rounding of fp32's."""
+    path = CONFIGS[0].with_name("hsrdiff.toml")
+    a = train(tiny(path, lidc_root, **{"validation.every": 0}), tmp_path / "a", data_root=str(lidc_root), quiet=True)
+    b = train(tiny(path, lidc_root, **{"validation.every": 0, "train.cpu_amp": True}), tmp_path / "b",
+              data_root=str(lidc_root), quiet=True)
+    assert np.isfinite(b["losses"]).all()
+    assert b["losses"][0] == pytest.approx(a["losses"][0], rel=0.05)
+    assert b["losses"][0] != a["losses"][0]  # autocast really ran in bf16
