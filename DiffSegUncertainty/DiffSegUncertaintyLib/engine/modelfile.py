@@ -150,8 +150,10 @@ def read_card(folder: str | os.PathLike) -> dict[str, Any]:
         raise ModelFileError(f"{path}: {len(card['classes'])} class names but architecture.num_classes "
                              f"is {arch['num_classes']}")
     size = card["input"].get("size") if isinstance(card["input"], dict) else None
-    if not isinstance(size, list) or len(size) != arch["spatial_dims"]:
-        raise ModelFileError(f"{path}: input.size must list {arch['spatial_dims']} numbers, got {size!r}")
+    if not isinstance(size, list) or len(size) != arch["spatial_dims"] or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size):
+        raise ModelFileError(f"{path}: input.size must list {arch['spatial_dims']} positive whole numbers "
+                             f"(voxels per axis), got {size!r}")
     channels = card["input"].get("channels", [])
     if len(channels) != arch["in_channels"]:
         raise ModelFileError(f"{path}: input.channels describes {len(channels)} channel(s) but "
