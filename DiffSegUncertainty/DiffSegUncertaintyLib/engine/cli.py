@@ -31,7 +31,7 @@ EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 FLAGS = {"samples": "--samples", "steps": "--steps", "sampler": "--sampler", "eta": "--eta", "seed": "--seed",
          "roi": "--roi", "roi_mm": "--roi-mm", "device": "--device", "precision": "--precision",
          "batch_size": "--batch-size", "overlap": "--overlap", "channels_last": "--channels-last",
-         "output": "--output", "inputs": "INPUT", "model": "--model"}
+         "output": "--output", "inputs": "the input files", "model": "--model"}
 
 
 def _err(msg: str) -> None:

@@ -281,8 +281,12 @@ class ModelPredictor:
         self.segmenter = Segmenter(model, sample_fn)
         self.config = model.sampler_config(method=self.request.sampler, steps=self.request.steps,
                                            eta=self.request.eta)
-        self.timesteps = model.network.schedule.timesteps(self.config.steps, self.config.spacing)
         self.results: list[Any] = []
+
+    @property
+    def timesteps(self) -> list[int]:
+        """The sampler's timesteps (``plan`` refuses a step count the schedule cannot walk)."""
+        return self.model.network.schedule.timesteps(self.config.steps, self.config.spacing)
 
     def inputs(self, image: np.ndarray) -> Any:
         """One raw image (*S) or (Cin, *S) as the pipeline's input (spacing 1, identity direction)."""

@@ -447,8 +447,10 @@ def check_output(output: str | os.PathLike, overwrite: bool = False) -> Path:
         parent = parent.parent
     if not parent.is_dir():
         raise RequestError("output", f"{out} cannot be created: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise RequestError("output", f"{out} cannot be created: {parent} is not writable")
+    try:  # a probe, removed at once: os.access says yes to root even where nothing can be created (/proc)
+        os.rmdir(tempfile.mkdtemp(prefix=".diffseg-probe-", dir=parent))
+    except OSError as e:
+        raise RequestError("output", f"{out} cannot be created: {parent} is not writable ({e.strerror})") from None
     return out
 
 
@@ -552,7 +554,7 @@ class Segmenter:
         if vols.channels.shape[0] != want:
             names = ", ".join(str(c.get("name", "?")) for c in card["input"].get("channels", []))
             raise RequestError("inputs", f"give {vols.channels.shape[0]} channel(s) but the model "
-                               f"{model.name!r} expects {want} ({names})")
+                               f"{model.name!r} expects {want} input channel(s) ({names})")
         if int(arch["spatial_dims"]) == 3 and (geo.dimension != 3 or 1 in geo.size):
             raise RequestError("inputs", f"are a 2D image (size {list(geo.size)}) but the model "
                                f"{model.name!r} is 3D")
