@@ -280,7 +280,7 @@ class ModelPredictor:
         self.request = (request or Request()).check()
         self.segmenter = Segmenter(model, sample_fn)
         self.config = model.sampler_config(method=self.request.sampler, steps=self.request.steps,
-                                           eta=self.request.eta)
+                                           eta=self.request.eta, spacing=self.request.spacing)
         self.results: list[Any] = []
 
     @property

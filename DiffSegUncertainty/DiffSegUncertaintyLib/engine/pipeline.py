@@ -59,6 +59,7 @@ OUTPUT_FILES = ("hypotheses.seg.nrrd", "consensus.nrrd", "mean_probability.nrrd"
                 "mutual_information.nrrd", "variance.nrrd", "summary.json")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SAMPLERS = ("ddpm", "ddim")
+SPACINGS = ("leading", "trailing", "linspace")
 #: Host memory kept free beside the estimate (the interpreter, torch, MONAI, the network's activations).
 MEMORY_MARGIN = 1 << 30
 
@@ -82,7 +83,7 @@ class SamplingFailed(RuntimeError):
 class Request:
     """What a caller chooses for one run; None means the model card's default.
 
-    samples: hypotheses M. steps, sampler, eta: the reverse chain (card defaults). seed: hypothesis k
+    samples: hypotheses M. steps, sampler, eta, spacing: the reverse chain (card defaults). seed: hypothesis k
     draws its noise from (seed, k). roi: index box (i0, j0[, k0], i1, j1[, k1]), start inclusive, stop
     exclusive; roi_mm: physical LPS box in mm (voxels whose centres lie inside); at most one of them.
     device: auto (cuda, else mps, else cpu), cpu, cuda, mps. precision: fp32 or bf16 (networks under
@@ -94,6 +95,7 @@ class Request:
     steps: int | None = None
     sampler: str | None = None
     eta: float | None = None
+    spacing: str | None = None
     seed: int = 0
     roi: Sequence[int] | None = None
     roi_mm: Sequence[float] | None = None
@@ -131,6 +133,8 @@ class Request:
             raise RequestError("sampler", f"must be one of {', '.join(SAMPLERS)} (got {self.sampler!r})")
         if self.eta is not None and not 0 <= number("eta", self.eta) <= 1:
             raise RequestError("eta", f"must be in [0, 1] (DDIM: 0 deterministic, 1 DDPM-like; got {self.eta})")
+        if self.spacing is not None and self.spacing not in SPACINGS:
+            raise RequestError("spacing", f"must be one of {', '.join(SPACINGS)} (got {self.spacing!r})")
         if not 0 <= number("overlap", self.overlap) < 1:
             raise RequestError("overlap", f"must be in [0, 1) (got {self.overlap})")
         if self.device not in DEVICES:
@@ -153,12 +157,12 @@ class Request:
 # -- the model with its card's defaults ------------------------------------------------------------
 
 def sampler_config(card: Mapping[str, Any], *, method: str | None = None, steps: int | None = None,
-                   eta: float | None = None, **overrides: Any) -> SamplerConfig:
+                   eta: float | None = None, spacing: str | None = None, **overrides: Any) -> SamplerConfig:
     """The card's default SamplerConfig with the given (non-None) fields replaced: the one place a
     sampler configuration is built from a card."""
     names = {f.name for f in fields(SamplerConfig)}
     cfg = {k: v for k, v in (card.get("sampling") or {}).items() if k in names}
-    given = {"method": method, "steps": steps, "eta": eta, **overrides}
+    given = {"method": method, "steps": steps, "eta": eta, "spacing": spacing, **overrides}
     cfg.update({k: v for k, v in given.items() if v is not None})
     return SamplerConfig(**cfg)
 
@@ -583,7 +587,7 @@ class Segmenter:
         crop = image[(slice(None),) + roi.slices()]
         if all(float(c.max()) == float(c.min()) for c in crop):
             raise RequestError("inputs", "are constant inside the region to segment: nothing to segment")
-        config = model.sampler_config(method=req.sampler, steps=req.steps, eta=req.eta)
+        config = model.sampler_config(method=req.sampler, steps=req.steps, eta=req.eta, spacing=req.spacing)
         try:
             timesteps = model.network.schedule.timesteps(config.steps, config.spacing)
         except ValueError as e:
