@@ -132,6 +132,12 @@ class MultiReaderSet:
         return MultiReaderSet(self.images, self.masks[(slice(None), slice(None), *box)], self.patient,
                               self.nodule, self.slice, self.path, box)
 
+    def centre_crop(self, size: Sequence[int]) -> "MultiReaderSet":
+        """Images and masks cut to the centre box of ``size`` (for predictors outside the pipeline, e.g.
+        the baselines of training/baselines.py, which take the box as their image)."""
+        boxed = self.centre_box(size)
+        return MultiReaderSet(boxed.shown_images(), boxed.masks, self.patient, self.nodule, self.slice, self.path)
+
     def shown_images(self) -> np.ndarray:
         """The images as scored: cut to ``box`` when there is one (figures)."""
         return self.images if self.box is None else self.images[(slice(None), *self.box)]
