@@ -26,7 +26,6 @@ import torch
 from torch.utils.data import Dataset
 
 from DiffSegUncertaintyLib.engine.evaluation import nodule_stacks
-from DiffSegUncertaintyLib.engine.volumes import preprocess
 
 from .common import DataMissing, data_root, fit
 
@@ -88,7 +87,7 @@ class LIDC(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         rows = self.index[i]
-        img = torch.from_numpy(preprocess(self.images[rows], self.preprocessing))  # (D, H, W), x / 255
+        img = torch.from_numpy(self.images[rows].astype(np.float32) / 255.0)       # (D, H, W)
         ann = torch.from_numpy(self.masks[rows].astype(np.int64)).transpose(0, 1)   # (4, D, H, W)
         if self.dims == 2:
             img, ann = img, ann[:, 0]                                               # (1, H, W), (4, H, W)
