@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import statistics
 import sys
@@ -35,9 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from DiffSegUncertaintyLib.engine import registry
 from DiffSegUncertaintyLib.engine.modelfile import PRECISIONS

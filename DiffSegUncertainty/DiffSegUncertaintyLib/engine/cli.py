@@ -20,7 +20,6 @@ import signal
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import InputError
