@@ -80,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=None, help="(slice or patch, hypothesis) pairs per "
                    "network call; halved automatically on out-of-memory (default: GPU 64 in 2D, 2 patches "
                    "in 3D; CPU a voxel budget, 4 pairs of 128 x 128, measured fastest)")
-    s.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 (default) or bf16: the networks run under bfloat16 autocast, 1.2-1.9x "
+    s.add_argument("--precision", choices=("auto", *PRECISIONS), default="fp32",
+                   help="fp32 (default), bf16 or auto (bf16 on a CPU with AMX/AVX512-BF16 or a CUDA GPU with "
+                   "bf16, else fp32; the choice is printed and recorded in summary.json). bf16: the networks "
+                   "run under bfloat16 autocast, 1.2-1.9x "
                    "faster measured on a CPU with AVX-512-BF16; hypotheses close to fp32's, "
                    "not equal (docs/benchmarks.md); cpu and cuda only")
     s.add_argument("--channels-last", action="store_true", help="run the networks in the channels-last "
@@ -121,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="random seed (default 0), as sample's")
     e.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="auto: cuda, else mps, else cpu (default auto)")
-    e.add_argument("--precision", choices=PRECISIONS, default="fp32", help="as sample's (default fp32)")
+    e.add_argument("--precision", choices=("auto", *PRECISIONS), default="fp32",
+                   help="as sample's (default fp32)")
     e.add_argument("--batch-size", type=int, default=None, help="(image, hypothesis) pairs per network call "
                    "(default: the device's, as sample's)")
     e.add_argument("--max-images", type=int, default=None, help="score N images evenly spaced over the file")
@@ -292,7 +295,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     plan = segmenter.plan(args.inputs, request)
     read_s = time.perf_counter() - t_start
     _say(args, f"{model.name} ({model.card['method']}), {request.samples} samples, {plan.config.method} "
-         f"{len(plan.timesteps)} steps on {plan.device} ({request.precision})")
+         f"{len(plan.timesteps)} steps on {plan.device} ({plan.precision})")
     progress = _Progress(args.quiet)
     try:
         result = segmenter.run(plan, progress)
@@ -323,7 +326,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     predict = evaluation.predictor_from_model(model, request, data.box)
     plan = predict.plan(data.images[0], request.samples)  # every check, before any image is scored
     _say(args, f"{model.name}: {len(data)} images x {request.samples} samples, {plan.config.method} "
-         f"{len(plan.timesteps)} steps on {plan.device} ({request.precision})")
+         f"{len(plan.timesteps)} steps on {plan.device} ({plan.precision})")
     progress = _Progress(args.quiet, unit="image")
     try:
         result = evaluation.evaluate_predictor(predict, data.images, data.masks, request.samples, 1, progress,
@@ -334,7 +337,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress.close()
     extra = {"model": model.name, "model_folder": str(model.folder), "data": str(data.path),
              "sampler": plan.config.method, "steps": len(plan.timesteps), "sampler_config": asdict(plan.config),
-             "seed": request.seed, "device": plan.device, "precision": request.precision}
+             "seed": request.seed, "device": plan.device, "precision": plan.precision}
     jpath, tpath = evaluation.write_report(result, output, model.name, extra, overwrite=args.overwrite)
     print(tpath.read_text())
     _say(args, f"wrote {jpath} and {tpath}")

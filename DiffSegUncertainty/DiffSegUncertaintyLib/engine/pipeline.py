@@ -60,6 +60,7 @@ OUTPUT_FILES = ("hypotheses.seg.nrrd", "consensus.nrrd", "mean_probability.nrrd"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SAMPLERS = ("ddpm", "ddim")
 SPACINGS = ("leading", "trailing", "linspace")
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 #: Host memory kept free beside the estimate (the interpreter, torch, MONAI, the network's activations).
 MEMORY_MARGIN = 1 << 30
 
@@ -86,8 +87,8 @@ class Request:
     samples: hypotheses M. steps, sampler, eta, spacing: the reverse chain (card defaults). seed: hypothesis k
     draws its noise from (seed, k). roi: index box (i0, j0[, k0], i1, j1[, k1]), start inclusive, stop
     exclusive; roi_mm: physical LPS box in mm (voxels whose centres lie inside); at most one of them.
-    device: auto (cuda, else mps, else cpu), cpu, cuda, mps. precision: fp32 or bf16 (networks under
-    autocast). batch_size: (slice or patch, hypothesis) pairs per network call (None: the device's
+    device: auto (cuda, else mps, else cpu), cpu, cuda, mps. precision: fp32, bf16 (networks under
+    autocast) or auto (``resolve_precision``: bf16 where the hardware runs it natively, else fp32). batch_size: (slice or patch, hypothesis) pairs per network call (None: the device's
     default). overlap: 3D sliding-window overlap in [0, 1). channels_last: memory format.
     """
 
@@ -139,8 +140,8 @@ class Request:
             raise RequestError("overlap", f"must be in [0, 1) (got {self.overlap})")
         if self.device not in DEVICES:
             raise RequestError("device", f"must be one of {', '.join(DEVICES)} (got {self.device!r})")
-        if self.precision not in PRECISIONS:
-            raise RequestError("precision", f"must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
+        if self.precision not in PRECISION_CHOICES:
+            raise RequestError("precision", f"must be one of {', '.join(PRECISION_CHOICES)} (got {self.precision!r})")
         if self.roi is not None and self.roi_mm is not None:
             raise RequestError("roi", "and roi_mm were both given: pass one box")
         for name, box in (("roi", self.roi), ("roi_mm", self.roi_mm)):
@@ -278,6 +279,32 @@ def resolve_device(choice: str) -> str:
     return choice
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively (AMX or AVX512-BF16 in /proc/cpuinfo's flags; False
+    where unknown): where it does, bf16 autocast ran 1.2-1.9x faster (docs/benchmarks.md)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(choice: str, device: str) -> str:
+    """"auto": bf16 on a CPU with AMX or AVX512-BF16 and on a CUDA GPU that supports bf16, fp32 elsewhere;
+    any other choice unchanged."""
+    if choice != "auto":
+        return choice
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device == "cpu":
+        return "bf16" if cpu_has_bf16() else "fp32"
+    return "fp32"
+
+
 def available_memory() -> int | None:
     """Bytes of host memory available now (MemAvailable of /proc/meminfo; None where unknown)."""
     try:
@@ -318,6 +345,7 @@ class Plan:
     timesteps: list[int]
     device: str
     memory_bytes: int
+    precision: str = "fp32"     # the request's, "auto" resolved for the device
 
 
 @dataclass
@@ -377,7 +405,8 @@ class Result:
             "inputs": [str(Path(p).resolve()) for p in self.plan.volumes.paths],
             "seed": int(req.seed), "samples": int(req.samples), "steps": len(self.plan.timesteps),
             "sampler": asdict(self.plan.config), "device": self.device, "batch_size": self.batch_size,
-            "precision": req.precision, "channels_last": bool(req.channels_last),
+            "precision": self.plan.precision, "precision_requested": req.precision,
+            "channels_last": bool(req.channels_last),
             "roi": {"start": list(self.roi.start), "stop": list(self.roi.stop)},
             "grid": geo.as_dict(), "classes": classes, "tau_out": self.model.tau_out,
             "skipped_constant": self.skipped, "hypotheses": hyps,
@@ -593,8 +622,9 @@ class Segmenter:
         except ValueError as e:
             raise RequestError("steps", str(e).removeprefix("steps ")) from None
         device = resolve_device(req.device)
+        precision = resolve_precision(req.precision, device)
         try:
-            check_precision(req.precision, device)
+            check_precision(precision, device)
         except ValueError:
             raise RequestError("precision", f"{req.precision} runs on cpu and cuda only (the device is {device}; "
                                "use fp32 or the cpu)") from None
@@ -606,7 +636,7 @@ class Segmenter:
             raise RequestError("samples", f"{req.samples} need about {need / 2 ** 30:.1f} GiB of memory for the "
                                f"hypotheses and maps but {have / 2 ** 30:.1f} GiB is available: draw fewer "
                                "samples or give a smaller ROI")
-        return Plan(req, vols, image, roi, config, timesteps, device, need)
+        return Plan(req, vols, image, roi, config, timesteps, device, need, precision)
 
     def run(self, plan: Plan, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> Result:
         """Sample the planned request and compute the maps; SamplingFailed if anything is not finite."""
@@ -625,7 +655,7 @@ class Segmenter:
         t0 = time.perf_counter()
         res = run_model(network, self.model.card, plan.image, plan.volumes.geometry, req.samples, plan.config,
                         req.seed, roi=plan.roi, batch_size=req.batch_size, progress=progress, cancel=cancel,
-                        overlap=req.overlap, precision=req.precision, channels_last=req.channels_last,
+                        overlap=req.overlap, precision=plan.precision, channels_last=req.channels_last,
                         sample_fn=self.sample_fn)
         timings["sampling_s"] = time.perf_counter() - t0
         _check_finite(res.y0, "hypotheses")
@@ -659,5 +689,6 @@ def segment(model: Model | str | os.PathLike, inputs: Any, request: Request | No
 
 
 __all__ = ["OUTPUT_FILES", "Model", "Plan", "Request", "RequestError", "Result", "SamplingFailed", "Segmenter",
-           "atomic_folder", "check_output", "estimate_memory", "read_card", "resolve_device", "sampler_config",
+           "atomic_folder", "check_output", "estimate_memory", "read_card", "resolve_device", "resolve_precision",
+           "sampler_config",
            "segment", "volumes_from_array"]
