@@ -328,8 +328,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _say(args, f"{model.name}: {len(data)} images x {request.samples} samples, {plan.config.method} "
          f"{len(plan.timesteps)} steps on {plan.device} ({plan.precision})")
     progress = _Progress(args.quiet, unit="image")
+    started = time.perf_counter()
+
+    def tick(done: int, total: int) -> None:
+        progress(done, total)
+        if done == 1 and total > 1:  # say how long the whole file will take, from the first image
+            left = (time.perf_counter() - started) * (total - 1)
+            when = f"{left:.0f} s" if left < 90 else f"{left / 60:.0f} min" if left < 5400 else f"{left / 3600:.1f} h"
+            _say(args, f"first image took {time.perf_counter() - started:.1f} s: about {when} for the other "
+                 f"{total - 1} (fewer with --max-images)")
+
     try:
-        result = evaluation.evaluate_predictor(predict, data.images, data.masks, request.samples, 1, progress,
+        result = evaluation.evaluate_predictor(predict, data.images, data.masks, request.samples, 1, tick,
                                                reference=args.reference, empty=args.empty,
                                                ece_background=not args.ece_foreground,
                                                ids=[data.item_id(i) for i in range(len(data))])
