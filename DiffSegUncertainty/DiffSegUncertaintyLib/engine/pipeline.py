@@ -1,10 +1,12 @@
 """The sampling pipeline: the one way to turn images into hypotheses, uncertainty maps and output files.
 
     from DiffSegUncertaintyLib.engine.pipeline import Model, Request, segment
-    model = Model.load("lidc-hsrdiff-small-cpu")                  # card defaults travel with the model
-    result = segment(model, ["ct.nrrd"], Request(samples=8, roi_mm=[-60, -40, -150, -20, 0, -120]))
-    print(result.summary()["spread"])                             # volumes of the hypotheses
-    result.write("out")                                           # the files of `diffseg sample`
+    model = Model.load("lidc-hsrdiff-small-cpu")      # verified weights; the card's sampler and preprocessing
+    result = segment(model, ["ct.nrrd"], Request(samples=4, steps=10, roi=[32, 32, 0, 96, 96, 9]))
+    print(result.summary()["spread"]["mm3"])          # the hypotheses' foreground volumes: mean, std, min, max
+    result.write("out")                               # the files of `diffseg sample`, written atomically
+
+(the README's example, run as written by Testing/cli/test_readme_example.py).
 
 Why one pipeline: ``diffseg sample``, the Slicer background run (which is ``diffseg sample``),
 ``diffseg evaluate``, calibration, the figures and the benchmarks must all score and show exactly what a
