@@ -121,7 +121,7 @@ def test_cpu_run_sends_a_voxel_budget_through_the_network(model2d, volumes, monk
     assert not torch.equal(bf16.y0, default.y0)
     assert (bf16.y0 - default.y0).abs().mean() < 0.02
     from DiffSegUncertaintyLib.engine.pipeline import Request, RequestError
-    with pytest.raises(RequestError, match="precision must be one of fp32, bf16") as err:
+    with pytest.raises(RequestError, match="precision must be one of auto, fp32, bf16") as err:
         Request(precision="fp16").check()  # refused once, in the request, before run_model is reached
     assert err.value.field == "precision"
 
