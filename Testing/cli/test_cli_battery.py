@@ -275,3 +275,36 @@ def test_models_never_cuts_a_number(tmp_path, model2d, capsys):
     cell = line.split("  val:")[1]
     assert " …" in cell and all(p.count("=") == 1 and p.split("=")[1][-1].isdigit()
                                  for p in cell.split("…")[0].split())
+
+
+class _Stream:
+    """A text stream that says whether it is a terminal."""
+
+    def __init__(self, tty: bool):
+        import io
+        self.buf, self.tty = io.StringIO(), tty
+
+    def write(self, s: str) -> int:
+        return self.buf.write(s)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("stdout_tty, stderr_tty", [(False, False), (False, True), (True, True)])
+def test_progress_lines_and_bar_never_share_a_terminal(monkeypatch, stdout_tty, stderr_tty):
+    import sys
+    out, err = _Stream(stdout_tty), _Stream(stderr_tty)
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    progress = cli._Progress(quiet=False)
+    for k in range(1, 4):
+        progress(k, 3)
+    progress.close()
+    lines = out.buf.getvalue().splitlines()
+    assert lines == ([] if stdout_tty else ["progress 1/3", "progress 2/3", "progress 3/3"])  # for a parent
+    assert ("3/3" in err.buf.getvalue()) == stderr_tty  # the bar, only on a terminal
+    assert not (stdout_tty and lines)  # a terminal shows the bar alone
