@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Score a model on a multi-reader npz (LIDC format): GED, HM-IoU, MDM, "
                        "diversity, mIoU, Dice, NLL, ECE of exactly what `diffseg sample` would write for "
                        "each image; writes metrics.json and table.md into --output (same output contract "
-                       "as sample). A trained model takes seconds per image per hypothesis on a CPU: start "
-                       "with --max-images.")
+                       "as sample). A whole validation file takes hours on a CPU (docs/cli.md; an estimate is "
+                       "printed after the first image): start with --max-images.")
     e.add_argument("--model", required=True, help="model name or model folder")
     e.add_argument("--models-dir", action="append", default=[], help="extra folder to search for models")
     e.add_argument("--data", required=True, help="npz with images (S,H,W) and masks (S,A,H,W)")
