@@ -256,13 +256,13 @@ def request_from(args: argparse.Namespace) -> Any:
 
 
 class _Progress:
-    """progress(k, n): ``progress k/N`` lines on stdout when it is not a terminal (a parent parses them),
-    a bar on stderr when that is a terminal; never both on one terminal."""
+    """progress(k, n): a bar on stderr when that is a terminal, ``progress k/N`` lines on stdout otherwise
+    or when stdout is not a terminal (a parent parses them); never both on one terminal."""
 
     def __init__(self, quiet: bool, unit: str = "step"):
         self.quiet, self.unit, self.bar = quiet, unit, None
-        self.lines = not quiet and not sys.stdout.isatty()
         self.show_bar = not quiet and sys.stderr.isatty()
+        self.lines = not quiet and not (sys.stdout.isatty() and self.show_bar)
 
     def __call__(self, done: int, total: int) -> None:
         if self.lines:
