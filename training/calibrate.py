@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", required=True, help="the LIDC folder (its val.npz is used) or a validation npz")
     ap.add_argument("--images", type=int, default=64, help="N validation images evenly spaced over the file "
                     "(0: all)")
-    ap.add_argument("--samples", type=int, default=16, help="hypotheses per image")
+    ap.add_argument("--samples", type=int, default=Request.samples, help="hypotheses per image")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     ap.add_argument("--batch-size", type=int, default=None, help="(image, sample) pairs per network call "

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--b", required=True, help="model folder or name (e.g. the float16 one)")
     ap.add_argument("--data", required=True, help="validation npz")
     ap.add_argument("--images", type=int, default=4)
-    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--samples", type=int, default=Request.samples)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     try:

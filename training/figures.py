@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="figure", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data", required=True, help="multi-reader npz (LIDC format)")
-    common.add_argument("--samples", type=int, default=16)
+    common.add_argument("--samples", type=int, default=Request.samples)
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     common.add_argument("--sampler", choices=("ddpm", "ddim"), default=None)

@@ -131,7 +131,7 @@ def verdict(diff: dict[str, Any], tol: float = TOLERANCE) -> str:
 
 # -- the study ---------------------------------------------------------------------------------------
 
-def study(model: Model, data, specs: Sequence[str], *, samples: int = 16, seed: int = 0, device="cpu",
+def study(model: Model, data, specs: Sequence[str], *, samples: int = Request.samples, seed: int = 0, device="cpu",
           batch_size: int | None = None, boot: int = 10000, progress: bool = True) -> dict[str, Any]:
     """Score ``data`` at every spec (the first is the baseline); per-spec summary, per-image values and
     the paired differences to the baseline."""
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", default=None, help="multi-reader npz (default $DIFFSEG_LIDC/val.npz or "
                                                  "../shared/data/lidc128/val.npz)")
     ap.add_argument("--images", type=int, default=16, help="val images, evenly spaced (default 16)")
-    ap.add_argument("--samples", type=int, default=16, help="hypotheses per image, the M of GED_M")
+    ap.add_argument("--samples", type=int, default=Request.samples, help="hypotheses per image, the M of GED_M")
     ap.add_argument("--specs", nargs="+", default=list(DEFAULT_SPECS),
                     help="step specs, the first is the baseline ('paper' = the paper's)")
     ap.add_argument("--seed", type=int, default=0)

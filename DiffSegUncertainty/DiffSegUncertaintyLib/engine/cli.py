@@ -23,7 +23,7 @@ from dataclasses import asdict
 from typing import Any, Sequence
 
 from .errors import InputError
-from .modelfile import PRECISIONS, broken_models, find_models, read_card
+from .modelfile import DEFAULT_SAMPLES, PRECISIONS, broken_models, find_models, read_card
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: request field -> the flag that sets it (pipeline.RequestError.field)
@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="model name (see `diffseg models`) or model folder")
     s.add_argument("--output", required=True, help="output folder (created; must not exist unless "
                    "--overwrite)")
-    s.add_argument("--samples", type=int, default=16, help="number of hypotheses M (default 16)")
+    s.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                   help=f"number of hypotheses M (default {DEFAULT_SAMPLES})")
     s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the card's)")
     s.add_argument("--sampler", choices=("ddpm", "ddim"), default=None,
                    help="ddpm (ancestral) or ddim (default: the card's)")
@@ -116,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True, help="model name or model folder")
     e.add_argument("--models-dir", action="append", default=[], help="extra folder to search for models")
     e.add_argument("--data", required=True, help="npz with images (S,H,W) and masks (S,A,H,W)")
-    e.add_argument("--samples", type=int, default=16, help="hypotheses per image (the N of GED_N; default 16)")
+    e.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                   help=f"hypotheses per image (the N of GED_N; default {DEFAULT_SAMPLES})")
     e.add_argument("--steps", type=int, default=None, help="sampler steps (default: the card's)")
     e.add_argument("--sampler", choices=("ddpm", "ddim"), default=None, help="default: the card's")
     e.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the card's)")

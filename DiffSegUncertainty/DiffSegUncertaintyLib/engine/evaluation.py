@@ -33,6 +33,7 @@ import torch
 from . import metrics
 from .checks import InputError
 from .diffusion import to_probabilities
+from .modelfile import DEFAULT_SAMPLES
 from .pipeline import Model, Request, Segmenter, atomic_folder, check_output, jsonable, volumes_from_array
 
 Predictor = Callable[[np.ndarray, int], "torch.Tensor | np.ndarray"]
@@ -221,7 +222,7 @@ def _as_numpy(x: Any) -> np.ndarray:
 
 
 def evaluate_predictor(predict: Predictor, images: np.ndarray, annotations: np.ndarray,
-                       num_samples: int = 16, batch_size: int = 1, progress: Any = False, *,
+                       num_samples: int = DEFAULT_SAMPLES, batch_size: int = 1, progress: Any = False, *,
                        reference: str = metrics.DEFAULT_REFERENCE, empty: str = metrics.DEFAULT_EMPTY,
                        ece_background: bool = True, ids: Sequence[str] | None = None) -> dict[str, Any]:
     """Score ``predict`` on every image: ``{"per_image": [...], "summary": {metric: (mean, std)}}``.

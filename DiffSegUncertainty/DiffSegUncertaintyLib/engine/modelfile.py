@@ -35,6 +35,8 @@ LABEL_EMBEDDING = "2*onehot-1"
 SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 #: the sampler's precisions (sampler.sample), kept here, torch-free, for the CLI parser and the scene layer
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+#: hypotheses per image when a caller does not say (the M of GED_M in both papers), torch-free for the same reason
+DEFAULT_SAMPLES = 16
 
 
 class ModelFileError(InputError):

@@ -50,7 +50,7 @@ import torch
 
 from .errors import InputError
 from .inference import Roi, check_roi, run_model
-from .modelfile import PRECISIONS, ModelFileError, load_model, read_card, resolve_model, roi_required
+from .modelfile import DEFAULT_SAMPLES, PRECISIONS, ModelFileError, load_model, read_card, resolve_model, roi_required
 from .sampler import CancelFn, ProgressFn, SamplerConfig, check_precision, sample
 from .uncertainty import UncertaintyMaps, summarize
 from .volumes import (PALETTE, Geometry, InputVolumes, Segment, physical_box_to_index, preprocess, read_inputs,
@@ -94,7 +94,7 @@ class Request:
     default). overlap: 3D sliding-window overlap in [0, 1). channels_last: memory format.
     """
 
-    samples: int = 16
+    samples: int = DEFAULT_SAMPLES
     steps: int | None = None
     sampler: str | None = None
     eta: float | None = None
