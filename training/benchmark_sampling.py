@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import statistics
 import sys
@@ -35,16 +34,17 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from DiffSegUncertaintyLib.engine import registry
 from DiffSegUncertaintyLib.engine.modelfile import PRECISIONS
 from DiffSegUncertaintyLib.engine.sampler import SamplerConfig
 
 from .bench import measure, reference
+from .bench import quality as qmod
 from .bench.measure import Options
+from .bench.quality import default_data
+from .bench.quality import parse_spec as quality_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,13 +72,9 @@ def paper_spec(method: str, model) -> str:
 
 
 def parse_spec(spec: str, T: int) -> SamplerConfig:
-    """'ddpm:250', 'ddim:25' or 'ddim:25:trailing' -> SamplerConfig (DDIM with eta = 0)."""
-    parts = spec.split(":")
-    if len(parts) not in (2, 3) or parts[0] not in ("ddpm", "ddim"):
-        raise SystemExit(f"bad step spec {spec!r}: expected ddpm:STEPS or ddim:STEPS[:spacing]")
-    steps = int(parts[1])
-    return SamplerConfig(method=parts[0], steps=None if steps == T else steps, eta=0.0,
-                         spacing=parts[2] if len(parts) == 3 else "leading")
+    """'ddpm:250', 'ddim:25' or 'ddim:25:trailing' -> SamplerConfig (DDIM with eta = 0); the parser is
+    ``bench.quality.parse_spec`` (which also reads the @bf16 / @cl suffixes)."""
+    return quality_spec(spec, T)[0]
 
 
 def reduced_specs(args, method: str) -> list[str]:
@@ -94,36 +90,20 @@ def n_steps(spec: str) -> int:
 
 # -- quality -----------------------------------------------------------------------------------------
 
-def default_data() -> Path:
-    env = os.environ.get("DIFFSEG_LIDC")
-    if env:
-        p = Path(env)
-        return p if p.suffix == ".npz" else p / "val.npz"
-    return REPO.parent / "shared" / "data" / "lidc128" / "val.npz"
+def reference_predictor(model, request, box=None):
+    """``predict(images, M)`` through the paper-faithful sampler (``bench.reference.paper_sample``), each
+    image through the pipeline as ``diffseg sample`` runs it: only the sampler differs."""
+    from DiffSegUncertaintyLib.engine.evaluation import predictor_from_model
+    from DiffSegUncertaintyLib.engine.sampler import SampleResult
 
+    steps = reference.paper_steps(model.network)
 
-class _ReferencePredictor:
-    """``predict(images, M)`` through the paper-faithful sampler, with the card's preprocessing."""
+    def paper(network, x, num_samples, config, *, seed=0, **_):
+        y0 = torch.cat([reference.paper_sample(network, x[i:i + 1], num_samples, steps=steps, seed=seed)
+                        for i in range(len(x))])
+        return SampleResult(y0=y0, timesteps=network.schedule.timesteps(steps), batch_size=1)
 
-    def __init__(self, model, card, seed: int, device):
-        from DiffSegUncertaintyLib.engine.evaluation import predictor_from_model
-        self.base = predictor_from_model(model, card, seed=seed, device=device)
-        self.model, self.seed = self.base.model, seed
-        self.steps = reference.paper_steps(self.model)
-
-    def __call__(self, images: np.ndarray, num_samples: int) -> torch.Tensor:
-        from DiffSegUncertaintyLib.engine.diffusion import to_probabilities
-        spatial = tuple(np.shape(images)[-int(self.model.spatial_dims):])
-        x = self.base.prepare(images)
-        y0 = torch.cat([reference.paper_sample(self.model, x[i:i + 1], num_samples, steps=self.steps,
-                                               seed=self.seed) for i in range(len(x))])
-        p = to_probabilities(y0.flatten(0, 1), float(self.model.tau_out)).reshape(y0.shape)
-        if tuple(p.shape[3:]) != spatial:
-            B, M = p.shape[:2]
-            p = F.interpolate(p.flatten(0, 1), size=spatial, mode="bilinear" if len(spatial) == 2 else
-                              "trilinear", align_corners=False)
-            p = p.reshape(B, M, *p.shape[1:])
-        return p
+    return predictor_from_model(model, request, box, sample_fn=paper)
 
 
 def quality(args, device) -> dict[str, Any]:
@@ -132,22 +112,22 @@ def quality(args, device) -> dict[str, Any]:
     paper's step count (``bench.quality.study``); and the reference's at the paper's."""
     if not args.model:
         return {"status": NO_MODEL}
-    from DiffSegUncertaintyLib.engine.evaluation import evaluate_predictor, predictor_from_model
-    from DiffSegUncertaintyLib.engine.modelfile import load_model
+    from DiffSegUncertaintyLib.engine.evaluation import evaluate_predictor
+    from DiffSegUncertaintyLib.engine.pipeline import Model, Request
 
-    from .bench import quality as qmod
-    model, card = load_model(args.model, device)
+    loaded = Model.load(args.model)
+    model, card = loaded.network, loaded.card
     method = card["method"]
     data_path = Path(args.data) if args.data else default_data()
     if not data_path.is_file():
         return {"status": f"no data at {data_path}", "model": str(args.model)}
-    data, card = qmod.load_data(data_path, card, args.quality_images)
+    data = qmod.load_data(data_path, card, args.quality_images)
     specs = [paper_spec(method, model)] + [s for s in reduced_specs(args, method) if s != paper_spec(method, model)]
-    res = qmod.study(model, card, data, specs, samples=args.samples, seed=args.seed, device=device,
+    res = qmod.study(loaded, data, specs, samples=args.samples, seed=args.seed, device=device,
                      batch_size=args.batch_size)
     out: dict[str, Any] = {"status": "ok", "model": str(args.model), "method": method,
                            "preset": card.get("preset"), "data": str(data_path), "images": len(data),
-                           "image_size": list(data.images.shape[1:]), "samples": args.samples, "seed": args.seed,
+                           "image_size": list(data.masks.shape[2:]), "samples": args.samples, "seed": args.seed,
                            "baseline": res["baseline"], "reference": None,
                            "project": {spec: {**{k: v for k, v in r.items() if k != "vs_baseline"},
                                               "ged_vs_paper": r["vs_baseline"]["ged"]}
@@ -160,12 +140,14 @@ def quality(args, device) -> dict[str, Any]:
 
     if args.reference != "off":
         ref_data = data.subset(args.quality_reference_images)
-        r = evaluate_predictor(_ReferencePredictor(model, card, args.seed, device), ref_data.images,
-                               ref_data.masks, args.samples)
+        request = Request(seed=args.seed, device=str(device), batch_size=args.batch_size)
+        r = evaluate_predictor(reference_predictor(loaded, request, data.box), ref_data.images, ref_data.masks,
+                               args.samples)
         out["reference"] = {"spec": specs[0], **summary(r)}
         if len(ref_data) != len(data):  # compare on the same images
-            pred = predictor_from_model(model, card, parse_spec(specs[0], model.schedule.T), seed=args.seed,
-                                        device=device, batch_size=args.batch_size)
+            cfg = parse_spec(specs[0], model.schedule.T)
+            pred = qmod.make_predictor(loaded, cfg, seed=args.seed, device=device, batch_size=args.batch_size,
+                                       box=data.box)
             out["reference"]["project_same_images"] = summary(
                 evaluate_predictor(pred, ref_data.images, ref_data.masks, args.samples))
     return out

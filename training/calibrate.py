@@ -47,6 +47,7 @@ from DiffSegUncertaintyLib.engine.checks import InputError
 from DiffSegUncertaintyLib.engine.diffusion import to_probabilities
 from DiffSegUncertaintyLib.engine.evaluation import (data_for_model, evaluate_predictor, load_multireader_npz,
                                                      predictor_from_model, write_report)
+from DiffSegUncertaintyLib.engine.pipeline import Model, Request, check_output
 
 from .export import card_metrics
 
@@ -218,10 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", required=True, help="the LIDC folder (its val.npz is used) or a validation npz")
     ap.add_argument("--images", type=int, default=64, help="N validation images evenly spaced over the file "
                     "(0: all)")
-    ap.add_argument("--samples", type=int, default=16, help="hypotheses per image")
+    ap.add_argument("--samples", type=int, default=Request.samples, help="hypotheses per image")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch-size", type=int, default=64, help="(image, sample) pairs per network call")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    ap.add_argument("--batch-size", type=int, default=None, help="(image, sample) pairs per network call "
+                    "(default: the device's, as diffseg sample)")
     ap.add_argument("--tau-min", type=float, default=TAU_MIN)
     ap.add_argument("--tau-max", type=float, default=TAU_MAX)
     ap.add_argument("--grid", type=int, default=GRID, help="log-spaced grid points before the refinement")
@@ -229,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--output", default=None, help="folder for metrics.json / table.md: every diffseg "
                     "evaluate metric at the fitted tau_out, from the same hypotheses (with --write they "
                     "replace the card's metrics)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
     ap.add_argument("--write", action="store_true",
                     help="write the fitted tau_out into the model folder's card (weights untouched)")
     args = ap.parse_args(argv)
@@ -237,29 +240,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.samples < 1 or args.images < 0:
             raise InputError("--samples must be at least 1 and --images at least 0")
-        folder = modelfile.resolve_model(args.model, args.models_dir)
+        request = Request(seed=args.seed, device=args.device, batch_size=args.batch_size).check()
+        if args.output:
+            check_output(args.output, args.overwrite)
         path = val_file(args.data)
-        model, card = modelfile.load_model(folder, args.device)
-        data, view = data_for_model(load_multireader_npz(path), card, args.images or None)  # as diffseg evaluate
+        loaded = Model.load(args.model, args.models_dir)
+        model, card, folder = loaded.network, loaded.card, loaded.folder
+        data = data_for_model(load_multireader_npz(path), card, args.images or None)  # as diffseg evaluate
         if int(data.masks.max()) >= int(model.num_classes):
             raise InputError(f"{path} has labels up to {int(data.masks.max())} but the model has "
                              f"{model.num_classes} classes")
-        predict = predictor_from_model(model, view, seed=args.seed, device=args.device,
-                                       batch_size=args.batch_size)
-        per_call = max(1, args.batch_size // args.samples)
-        spatial = data.images.shape[1:]
+        predict = predictor_from_model(loaded, request, data.box)  # each image as diffseg sample draws it
+        predict.plan(data.images[0], args.samples)  # every check before the first image is sampled
         from tqdm import tqdm
         y0: list[torch.Tensor] = []
         with torch.no_grad(), tqdm(total=len(data), unit="image", desc="sample", file=sys.stderr,
                                    dynamic_ncols=True) as bar:
-            for s in range(0, len(data), per_call):
-                batch = data.images[s:s + per_call]
-                y0.append(predict.sample_y0(batch, args.samples).float().cpu())
-                bar.update(len(batch))
+            for s in range(len(data)):
+                y0.append(predict.sample_y0(data.images[s:s + 1], args.samples).float().cpu())
+                bar.update(1)
         sampled = time.perf_counter()
 
         def score(tau: float) -> dict[str, float]:
-            return calibration_scores(y0, data.masks, tau, lambda y, t: predict.probabilities(y, spatial, t))
+            return calibration_scores(y0, data.masks, tau, predict.probabilities)
 
         before_tau = float(model.tau_out)
         before = score(before_tau)
@@ -298,13 +301,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics_doc = None
     if args.output:  # every metric at the fitted tau, scored as diffseg evaluate scores, from the same y0
         replay = iter(y0)
-        result = evaluate_predictor(lambda batch, m: predict.probabilities(next(replay), spatial, fit.tau),
-                                    data.images, data.masks, args.samples, per_call,
+        result = evaluate_predictor(lambda batch, m: predict.probabilities(next(replay), fit.tau),
+                                    data.images, data.masks, args.samples, 1,
                                     ids=[data.item_id(i) for i in range(len(data))])
         jpath, tpath = write_report(result, args.output, str(card.get("name", "model")), {
             "model": card.get("name"), "model_folder": str(folder), "data": str(path), "sampler": predict.config.method,
             "steps": len(predict.timesteps), "sampler_config": card.get("sampling"), "seed": args.seed,
-            "tau_out": fit.tau, "device": str(args.device)})
+            "tau_out": fit.tau, "device": str(args.device)}, overwrite=args.overwrite)
         metrics_doc = json.loads(jpath.read_text())
         print(tpath.read_text())
         print(f"wrote {jpath} and {tpath}")

@@ -19,16 +19,18 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from DiffSegUncertaintyLib.engine import metrics, modelfile
+from DiffSegUncertaintyLib.engine import metrics
 from DiffSegUncertaintyLib.engine.checks import InputError
 from DiffSegUncertaintyLib.engine.evaluation import data_for_model, load_multireader_npz, predictor_from_model
+from DiffSegUncertaintyLib.engine.pipeline import Model, Request
 
 
 def hypotheses(folder: str, data_path: str, images: int, samples: int, seed: int):
-    """(masks (N, M, *S) argmax classes, readings (N, A, *S)) of one model folder."""
-    model, card = modelfile.load_model(modelfile.resolve_model(folder))
-    data, view = data_for_model(load_multireader_npz(data_path), card, images)
-    predict = predictor_from_model(model, view, seed=seed)
+    """(masks (N, M, *S) argmax classes, readings (N, A, *S)) of one model folder, each image drawn as
+    ``diffseg sample`` draws it (on the CPU, so both folders run the same kernels)."""
+    model = Model.load(folder)
+    data = data_for_model(load_multireader_npz(data_path), model.card, images)
+    predict = predictor_from_model(model, Request(seed=seed, device="cpu"), data.box)
     with torch.no_grad():
         probs = predict(data.images, samples)  # on the readings' grid
     return probs.argmax(2).numpy(), data.masks
@@ -40,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--b", required=True, help="model folder or name (e.g. the float16 one)")
     ap.add_argument("--data", required=True, help="validation npz")
     ap.add_argument("--images", type=int, default=4)
-    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--samples", type=int, default=Request.samples)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     try:

@@ -32,8 +32,8 @@ import torch  # noqa: E402
 from DiffSegUncertaintyLib.engine import metrics  # noqa: E402
 from DiffSegUncertaintyLib.engine.checks import InputError  # noqa: E402
 from DiffSegUncertaintyLib.engine.evaluation import (  # noqa: E402
-    MultiReaderSet, data_for_model, evaluate_predictor, load_multireader_npz, predictor_from_model,
-    sampler_config_from_card)
+    MultiReaderSet, data_for_model, evaluate_predictor, load_multireader_npz, predictor_from_model)
+from DiffSegUncertaintyLib.engine.pipeline import Model, Request  # noqa: E402
 from DiffSegUncertaintyLib.engine.sampler import sample  # noqa: E402
 from DiffSegUncertaintyLib.engine.uncertainty import summarize  # noqa: E402
 
@@ -52,22 +52,22 @@ def _save(fig: plt.Figure, path: str | Path, data: Mapping[str, Any] | None = No
 
 # -- DSC / GED against sampling steps (PGRD Fig. 3) ------------------------------------------------
 
-def steps_sweep(models: Mapping[str, tuple[Any, Mapping[str, Any]]], data: MultiReaderSet,
+def steps_sweep(models: Mapping[str, Model], data: MultiReaderSet,
                 steps: Sequence[int], num_samples: int = 4, seed: int = 0, sampler: str | None = None,
                 batch_size: int | None = None, max_items: int | None = None) -> dict[str, dict[str, Any]]:
-    """For each model (name -> (model, card)) and step count: DSC and GED (mean, std over images),
+    """For each model (name -> ``pipeline.Model``) and step count: DSC and GED (mean, std over images),
     through ``evaluate_predictor``; a step count above a model's T is skipped. Each model sees ``data``
     as ``diffseg evaluate`` shows it to that model (``data_for_model``: ``max_items`` evenly spaced items,
-    a crop model its centre box, a 3D model stacks of slices)."""
+    a crop model its centre box, a 3D model stacks of slices) and samples it as ``diffseg sample``."""
     out: dict[str, dict[str, Any]] = {}
-    for name, (model, card) in models.items():
-        seen, view = data_for_model(data, card, max_items)
+    for name, model in models.items():
+        seen = data_for_model(data, model.card, max_items)
         row: dict[str, Any] = {"steps": [], "dice": [], "ged": [], "hm_iou": [], "num_images": len(seen)}
         for s in steps:
-            if int(s) > model.schedule.T:
+            if int(s) > model.network.schedule.T:
                 continue
-            cfg = sampler_config_from_card(view, steps=int(s), method=sampler)
-            pred = predictor_from_model(model, view, cfg, seed, batch_size=batch_size)
+            request = Request(steps=int(s), sampler=sampler, seed=seed, batch_size=batch_size, device="cpu")
+            pred = predictor_from_model(model, request, seen.box)
             res = evaluate_predictor(pred, seen.images, seen.masks, num_samples, batch_size=len(seen))
             row["steps"].append(int(s))
             for k in ("dice", "ged", "hm_iou"):
@@ -99,16 +99,29 @@ def plot_steps(sweep: Mapping[str, Mapping[str, list]], path: str | Path, num_sa
 
 # -- kappa against t (HSRDiff Fig. 6) -------------------------------------------------------------
 
-def kappa_trace(model: Any, card: Mapping[str, Any], images: np.ndarray, num_samples: int = 4, seed: int = 0,
-                steps: int | None = None, sampler: str | None = None) -> tuple[list[int], np.ndarray]:
-    """Timesteps (descending, as walked) and kappa (B, M, steps) from the sampler's extras."""
-    cfg = sampler_config_from_card(card, steps=steps, method=sampler)
-    pred = predictor_from_model(model, card, cfg, seed)
-    res = sample(model, pred.prepare(images), num_samples, cfg, seed=seed)
-    if "kappa" not in res.extras:
-        raise InputError(f"model {card.get('name', '?')} reports no kappa (only HSRDiff with a learned "
-                         "or fixed kappa does)")
-    return list(res.timesteps), res.extras["kappa"].numpy()
+def kappa_trace(model: Model, images: np.ndarray, num_samples: int = 4, seed: int = 0,
+                steps: int | None = None, sampler: str | None = None, box: Any = None,
+                device: str = "cpu") -> tuple[list[int], np.ndarray]:
+    """Timesteps (descending, as walked) and kappa (B, M, steps) from the sampler's extras, each image
+    sampled through the pipeline as ``diffseg sample`` samples it (the sampler is wrapped to keep them)."""
+    kept: list[Any] = []
+
+    def keep(*args: Any, **kwargs: Any) -> Any:
+        res = sample(*args, **kwargs)
+        kept.append(res)
+        return res
+
+    request = Request(steps=steps, sampler=sampler, seed=seed, device=device)
+    pred = predictor_from_model(model, request, box, sample_fn=keep)
+    rows = []
+    for image in np.asarray(images):
+        kept.clear()
+        pred.run(image[None], num_samples)
+        if not kept or "kappa" not in kept[0].extras:
+            raise InputError(f"model {model.name} reports no kappa (only HSRDiff with a learned "
+                             "or fixed kappa does)")
+        rows.append(torch.cat([r.extras["kappa"] for r in kept]).mean(0))  # over the image's slices
+    return list(kept[0].timesteps), torch.stack(rows).numpy()
 
 
 def plot_kappa(timesteps: Sequence[int], kappa: np.ndarray, path: str | Path,
@@ -217,9 +230,8 @@ def plot_reliability(p_bar: np.ndarray, labels: np.ndarray, path: str | Path, na
 
 # -- command line ----------------------------------------------------------------------------------
 
-def _load(model: str, device: str) -> tuple[Any, dict]:
-    from DiffSegUncertaintyLib.engine.modelfile import load_model, resolve_model
-    return load_model(resolve_model(model), device)
+def _load(model: str) -> Model:
+    return Model.load(model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,9 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="figure", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data", required=True, help="multi-reader npz (LIDC format)")
-    common.add_argument("--samples", type=int, default=16)
+    common.add_argument("--samples", type=int, default=Request.samples)
     common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--device", default="cpu")
+    common.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     common.add_argument("--sampler", choices=("ddpm", "ddim"), default=None)
     common.add_argument("--out", required=True, help="output PNG (a .json with the numbers is written beside it)")
     p = sub.add_parser("steps", parents=[common], help="DSC and GED vs sampling steps (PGRD Fig. 3)")
@@ -254,27 +266,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.figure == "steps":
             models = {}
             for m in args.model:
-                model, card = _load(m, args.device)
-                models[str(card.get("name", m))] = (model, card)
+                model = _load(m)
+                models[model.name] = model
             sweep = steps_sweep(models, data, args.steps, args.samples, args.seed, args.sampler,
                                 max_items=args.max_images)
             out = plot_steps(sweep, args.out, args.samples)
         elif args.figure == "kappa":
-            model, card = _load(args.model, args.device)
-            data, card = data_for_model(data, card)  # as diffseg evaluate: crop models on their box
-            ts, kappa = kappa_trace(model, card, data.images[args.index], args.samples, args.seed, args.steps,
-                                    args.sampler)
-            out = plot_kappa(ts, kappa, args.out, [data.item_id(i) for i in args.index], model.schedule.T)
+            model = _load(args.model)
+            data = data_for_model(data, model.card)  # as diffseg evaluate: crop models on their box
+            ts, kappa = kappa_trace(model, data.images[args.index], args.samples, args.seed, args.steps,
+                                    args.sampler, data.box, args.device)
+            out = plot_kappa(ts, kappa, args.out, [data.item_id(i) for i in args.index], model.network.schedule.T)
         else:
-            model, card = _load(args.model, args.device)
-            data, card = data_for_model(data, card)
-            cfg = sampler_config_from_card(card, steps=args.steps, method=args.sampler)
-            pred = predictor_from_model(model, card, cfg, args.seed, args.device)
+            model = _load(args.model)
+            data = data_for_model(data, model.card)
+            request = Request(steps=args.steps, sampler=args.sampler, seed=args.seed, device=args.device)
+            pred = predictor_from_model(model, request, data.box)
             if args.figure == "case":
                 i = args.index
                 probs = pred(data.images[i:i + 1], args.samples)[0]
-                out = plot_case(data.images[i], data.masks[i], probs, args.out,
-                                f"{card.get('name', args.model)}: {data.item_id(i)}")
+                out = plot_case(data.shown_images()[i], data.masks[i], probs, args.out,
+                                f"{model.name}: {data.item_id(i)}")
             else:
                 data = data.subset(args.max_images)
                 p_bar = np.concatenate([np.asarray(pred(data.images[i:i + 1], args.samples).mean(1))
@@ -282,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # reference: each reading in turn, as the default of metrics.score_image
                 A = data.masks.shape[1]
                 out = plot_reliability(np.repeat(p_bar, A, axis=0), data.masks.reshape(-1, *data.masks.shape[2:]),
-                                       args.out, str(card.get("name", args.model)))
+                                       args.out, model.name)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

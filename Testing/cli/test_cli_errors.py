@@ -91,7 +91,7 @@ def wrong_dims(tmp, model2d, model3d, vol):
 
 
 def wrong_channels(tmp, model2d, model3d, vol):
-    return [vol, vol, "--model", model2d], ["expects 1 input channel", "got 2"]
+    return [vol, vol, "--model", model2d], ["expects 1 input channel", "give 2 channel"]
 
 
 def other_grid(tmp, model2d, model3d, vol):
@@ -112,7 +112,7 @@ def constant_image(tmp, model2d, model3d, vol):
 
 
 def empty_roi(tmp, model2d, model3d, vol):
-    return [vol, "--model", model2d, "--roi", "30,0,0,40,5,5"], ["ROI", "empty or outside"]
+    return [vol, "--model", model2d, "--roi", "30,0,0,40,5,5"], ["--roi", "empty or outside"]
 
 
 def roi_mm_outside(tmp, model2d, model3d, vol):
@@ -192,7 +192,8 @@ def test_cuda_without_gpu_is_a_bad_input(tmp_path, model2d, volumes):
 def test_bf16_where_autocast_cannot_run_is_a_bad_input(tmp_path, model2d, volumes, monkeypatch, capsys):
     """Apple MPS cannot run here, so the device choice is made to answer "mps"; bf16 there is refused
     before the model is loaded."""
-    monkeypatch.setattr(cli, "_pick_device", lambda choice: "mps")
+    from DiffSegUncertaintyLib.engine import pipeline
+    monkeypatch.setattr(pipeline, "resolve_device", lambda choice: "mps")
     rc = cli.main([str(a) for a in ("sample", volumes["lps"], "--model", model2d, "--output", tmp_path / "o",
                                     "--precision", "bf16")])
     out, err = capsys.readouterr()

@@ -120,8 +120,10 @@ def test_cpu_run_sends_a_voxel_budget_through_the_network(model2d, volumes, monk
     bf16 = run(precision="bf16")
     assert not torch.equal(bf16.y0, default.y0)
     assert (bf16.y0 - default.y0).abs().mean() < 0.02
-    with pytest.raises(InputError, match="--precision"):
-        run(precision="fp16")
+    from DiffSegUncertaintyLib.engine.pipeline import Request, RequestError
+    with pytest.raises(RequestError, match="precision must be one of auto, fp32, bf16") as err:
+        Request(precision="fp16").check()  # refused once, in the request, before run_model is reached
+    assert err.value.field == "precision"
 
 
 def test_canonical_orientation_matches_dicom_orient_lps():

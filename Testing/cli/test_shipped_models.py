@@ -33,8 +33,9 @@ def test_shipped_lidc_model_samples_a_real_nodule(folder, lidc_root):
     model, card = load_model(folder)
     size = card["input"]["size"]
     assert roi_required(card)
-    data, _ = data_for_model(load_multireader_npz(lidc_root / "val.npz"), card, 1)  # as diffseg evaluate
-    x = torch.from_numpy(data.images).float()[:, None]
+    data = data_for_model(load_multireader_npz(lidc_root / "val.npz"), card, 1)  # as diffseg evaluate
+    from DiffSegUncertaintyLib.engine.volumes import preprocess
+    x = torch.from_numpy(preprocess(data.images, card["input"]["preprocessing"])[(slice(None), *data.box)])[:, None]
     assert tuple(x.shape[2:]) == tuple(size) and 0 <= float(x.min()) and float(x.max()) <= 1
     a = sample(model, x, 2, SamplerConfig(method="ddim", steps=2), seed=0).y0
     b = sample(model, x, 2, SamplerConfig(method="ddim", steps=2), seed=0).y0

@@ -1,6 +1,5 @@
 """``diffseg evaluate``: data checks, the oracle anchors through the whole path, reports, the command."""
 
-import argparse
 import json
 import os
 import shutil
@@ -10,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from DiffSegUncertaintyLib.engine import evaluation, modelfile, testing
+from DiffSegUncertaintyLib.engine import cli, evaluation, testing
 from DiffSegUncertaintyLib.engine.checks import InputError
+from DiffSegUncertaintyLib.engine.pipeline import Model, Request
 
 REPO = Path(__file__).resolve().parents[2]
 LIDC = Path(os.environ.get("DIFFSEG_LIDC", REPO.parent / "shared" / "data" / "lidc128"))
@@ -154,85 +154,85 @@ def tiny_model(tmp_path_factory):
 
 
 def test_predictor_from_model_seeds_batches_and_resizes(tiny_model):
-    model, card = modelfile.load_model(tiny_model)
+    model = Model.load(tiny_model)
     images, _ = _set(n=3, size=32)
-    pred = evaluation.predictor_from_model(model, card, seed=1)
+    pred = evaluation.predictor_from_model(model, Request(seed=1, device="cpu"))
     p = pred(images, 3)
     assert p.shape == (3, 3, 2, 32, 32)  # resized to 16 for the model and back to the data's grid
     assert torch.allclose(p.sum(2), torch.ones(3, 3, 32, 32), atol=1e-5)
     assert len(pred.timesteps) == 2  # the card's sampler: DDIM, 2 steps
-    again = evaluation.predictor_from_model(model, card, seed=1, batch_size=2)
+    again = evaluation.predictor_from_model(model, Request(seed=1, device="cpu", batch_size=2))
     assert torch.allclose(again(images[1:2], 3)[0], p[1], atol=1e-5)  # per-hypothesis seeds: batching is invisible
-    other = evaluation.predictor_from_model(model, card, seed=2)(images, 3)
+    other = evaluation.predictor_from_model(model, Request(seed=2, device="cpu"))(images, 3)
     assert not torch.allclose(other, p)
     small, _ = _set(n=2, size=16)  # on the card's grid: no resize; p = softmax(y0 / tau_out) over classes
     from DiffSegUncertaintyLib.engine.sampler import sample
-    y0 = sample(model, pred.prepare(small), 3, pred.config, seed=1).y0
+    x = torch.from_numpy(small[:, None].astype(np.float32) / 255)  # card preprocessing: x / 255
+    y0 = sample(model.network, x, 3, pred.config, seed=1).y0
     assert torch.allclose(pred(small, 3), torch.softmax(y0 / model.tau_out, dim=2), atol=1e-6)
-    x = pred.prepare(images[:1])
-    assert x.shape == (1, 1, 16, 16) and float(x.max()) <= 1.0  # card preprocessing: x / 255
 
 
 def test_predictor_splits_into_sample_y0_and_probabilities(tiny_model):
     """predict = probabilities(sample_y0): one y0 can be rescored at any tau (training.calibrate);
-    on the model's grid another tau changes the probabilities but not the masks."""
-    model, card = modelfile.load_model(tiny_model)
-    pred = evaluation.predictor_from_model(model, card, seed=4)
-    images, _ = _set(n=2, size=16)
+    another tau changes the probabilities but not the masks. y0 is on the data's grid (resized before the
+    softmax, as diffseg sample resizes it)."""
+    model = Model.load(tiny_model)
+    pred = evaluation.predictor_from_model(model, Request(seed=4, device="cpu"))
+    images, _ = _set(n=2, size=32)
     y0 = pred.sample_y0(images, 3)
-    assert y0.shape == (2, 3, 2, 16, 16) and len(pred.timesteps) == 2
-    assert torch.allclose(pred(images, 3), pred.probabilities(y0, (16, 16)), atol=1e-6)
-    hot = pred.probabilities(y0, (16, 16), tau=2.0)
-    assert not torch.allclose(hot, pred.probabilities(y0, (16, 16)))
-    assert torch.equal(hot.argmax(2), pred.probabilities(y0, (16, 16)).argmax(2))
-    assert pred.probabilities(y0, (32, 32)).shape == (2, 3, 2, 32, 32)
+    assert y0.shape == (2, 3, 2, 32, 32) and len(pred.timesteps) == 2
+    assert torch.allclose(pred(images, 3), pred.probabilities(y0), atol=1e-6)
+    hot = pred.probabilities(y0, tau=2.0)
+    assert not torch.allclose(hot, pred.probabilities(y0))
+    assert torch.equal(hot.argmax(2), pred.probabilities(y0).argmax(2))
+
+
+def _evaluate(*argv: str) -> int:
+    return cli.main(["evaluate", *map(str, argv), "--device", "cpu", "--quiet"])
 
 
 def test_evaluate_command_writes_json_and_table(tiny_model, tmp_path, capsys):
     images, masks = _set(n=5)
     data = _npz(tmp_path / "held_out.npz", images, masks)
-    parser = evaluation.configure_parser(argparse.ArgumentParser())
-    args = parser.parse_args(["--model", str(tiny_model), "--data", str(data), "--samples", "2", "--steps", "1",
-                              "--sampler", "ddpm", "--max-images", "3", "--batch-size", "4",
-                              "--output", str(tmp_path / "out")])
-    assert evaluation.run(args) == 0
+    assert _evaluate("--model", tiny_model, "--data", data, "--samples", "2", "--steps", "1", "--sampler", "ddpm",
+                     "--max-images", "3", "--batch-size", "4", "--output", tmp_path / "out") == 0
     doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert doc["num_images"] == 3 and doc["num_samples"] == 2 and len(doc["per_image"]) == 3
     assert doc["sampler"] == "ddpm" and doc["steps"] == 1 and doc["model"] == "hsrdiff-tiny-test"
     assert set(doc["summary"]) >= {"ged", "hm_iou", "mdm", "diversity", "dice", "nll", "ece", "miou"}
     assert "GED_2" in (tmp_path / "out" / "table.md").read_text()
-    assert "wrote" in capsys.readouterr().out
+    assert "GED_2" in capsys.readouterr().out  # the table is printed
 
 
 def test_evaluate_command_bad_input_exit_2(tiny_model, tmp_path, capsys):
     images, masks = _set(n=2)
     masks[0, 0, 0, 0] = 3  # a label the 2-class model cannot have
     data = _npz(tmp_path / "d.npz", images, masks)
-    parser = evaluation.configure_parser(argparse.ArgumentParser())
-    args = parser.parse_args(["--model", str(tiny_model), "--data", str(data), "--output", str(tmp_path / "o")])
-    assert evaluation.run(args) == 2
+    assert _evaluate("--model", tiny_model, "--data", data, "--output", tmp_path / "o") == 2
     assert "classes" in capsys.readouterr().err and not (tmp_path / "o").exists()
-    args = parser.parse_args(["--model", str(tmp_path / "nope"), "--data", str(data), "--output", str(tmp_path / "o")])
-    assert evaluation.run(args) == 2
+    assert _evaluate("--model", tmp_path / "nope", "--data", data, "--output", tmp_path / "o") == 2
 
 
-def test_subset_is_evenly_spaced_and_centre_crop_matches_the_training_crop():
+def test_subset_is_evenly_spaced_and_centre_box_matches_the_training_crop():
     images, masks = _set(n=10, size=32)
     data = evaluation.MultiReaderSet(images, masks, patient=np.arange(10).astype(str))
     sub = data.subset(4)
     assert [str(p) for p in sub.patient] == ["0", "3", "6", "9"]  # not the first four
     assert data.subset(None) is data and data.subset(50) is data
-    crop = data.centre_crop([16, 16])
-    assert np.array_equal(crop.images, images[:, 8:24, 8:24]) and np.array_equal(crop.masks, masks[:, :, 8:24, 8:24])
+    crop = data.centre_box([16, 16])
+    assert crop.box == (slice(8, 24), slice(8, 24)) and np.array_equal(crop.images, images)
+    assert np.array_equal(crop.shown_images(), images[:, 8:24, 8:24])
+    assert np.array_equal(crop.masks, masks[:, :, 8:24, 8:24])
     from training.data.common import center_crop  # the box training used (fit = "crop")
-    assert np.array_equal(center_crop(torch.from_numpy(images), (16, 16)).numpy(), crop.images)
+    assert np.array_equal(center_crop(torch.from_numpy(images), (16, 16)).numpy(), crop.shown_images())
+    assert crop.subset(2).box == crop.box
     with pytest.raises(InputError, match="does not fit"):
-        data.centre_crop([64, 64])
+        data.centre_box([64, 64])
 
 
 def test_a_crop_model_is_scored_on_the_centre_box(tiny_model, tmp_path):
-    """A crop model (card input.roi_required) on 32x32 data sees the centre 16x16 box, not a resize:
-    the result equals scoring the pre-cropped data."""
+    """A crop model (card input.roi_required) on 32x32 data samples the centre 16x16 box as its ROI, not a
+    resize: with a pointwise preprocessing (x / 255) the result equals scoring the pre-cropped data."""
     crop_model = Path(shutil.copytree(tiny_model, tmp_path / "crop"))
     card = json.loads((crop_model / "model.json").read_text())
     card["input"]["roi_required"] = True
@@ -240,30 +240,28 @@ def test_a_crop_model_is_scored_on_the_centre_box(tiny_model, tmp_path):
     images, masks = _set(n=3, size=32)
     big = _npz(tmp_path / "big.npz", images, masks)
     small = _npz(tmp_path / "small.npz", images[:, 8:24, 8:24], masks[:, :, 8:24, 8:24])
-    parser = evaluation.configure_parser(argparse.ArgumentParser())
     for data, model, out in ((big, crop_model, "a"), (small, tiny_model, "b")):
-        args = parser.parse_args(["--model", str(model), "--data", str(data), "--samples", "2",
-                                  "--output", str(tmp_path / out)])
-        assert evaluation.run(args) == 0
+        assert _evaluate("--model", model, "--data", data, "--samples", "2", "--output", tmp_path / out) == 0
     a, b = (json.loads((tmp_path / o / "metrics.json").read_text())["summary"] for o in "ab")
     assert a == b
 
 
-def test_a_crop_model_is_preprocessed_on_the_whole_image_before_the_box(lidc_root):
+def test_a_crop_model_is_preprocessed_on_the_whole_image_before_the_box(lidc_root, tiny_model, tmp_path):
     """A "minmax" card (the LIDC CT cards) must see exactly the training input x / 255 of the centre box:
     the range is the whole 128 x 128 crop's, not the box's (which rarely holds a 0 and a 255)."""
-    data = evaluation.load_multireader_npz(lidc_root / "val.npz").subset(6)
-    card = {"input": {"size": [64, 64], "roi_required": True,
-                      "preprocessing": {"kind": "minmax", "lower": -1000.0, "upper": 1400.0}}}
-    view, vcard = evaluation.crop_for_model(data, card)
-    want = data.images[:, 32:96, 32:96].astype(np.float32) / 255
-    np.testing.assert_allclose(view.images, want, rtol=0, atol=1e-6)
-    assert vcard["input"]["preprocessing"] == {"kind": "none"} and card["input"]["preprocessing"]["kind"] == "minmax"
-    np.testing.assert_array_equal(view.masks, data.masks[:, :, 32:96, 32:96])
-    boxed = data.centre_crop([64, 64]).images  # the box's own range differs from the whole crop's
-    assert not all(b.min() == 0 and b.max() == 255 for b in boxed)
-    same, scard = evaluation.crop_for_model(data, {"input": {"size": [64, 64]}})  # not a crop model
-    assert same is data and scard == {"input": {"size": [64, 64]}}
+    folder = Path(shutil.copytree(tiny_model, tmp_path / "ct"))
+    card = json.loads((folder / "model.json").read_text())
+    card["input"].update(size=[64, 64], roi_required=True,
+                         preprocessing={"kind": "minmax", "lower": -1000.0, "upper": 1400.0})
+    (folder / "model.json").write_text(json.dumps(card))
+    model = Model.load(folder)
+    data = evaluation.data_for_model(evaluation.load_multireader_npz(lidc_root / "val.npz"), model.card, 6)
+    pred = evaluation.predictor_from_model(model, Request(device="cpu"), data.box)
+    for i in range(len(data)):
+        plan = pred.plan(data.images[i], 2)
+        assert plan.roi.start == [32, 32] and plan.roi.stop == [96, 96]
+        want = data.images[i, 32:96, 32:96].astype(np.float32) / 255
+        np.testing.assert_allclose(plan.image[0][plan.roi.slices()], want, rtol=0, atol=1e-6)
 
 
 def test_a_3d_crop_model_is_scored_on_nodule_stacks(lidc_root, tmp_path):
@@ -274,10 +272,8 @@ def test_a_3d_crop_model_is_scored_on_nodule_stacks(lidc_root, tmp_path):
     card = json.loads((folder / "model.json").read_text())
     card["input"]["roi_required"] = True
     (folder / "model.json").write_text(json.dumps(card))
-    args = evaluation.configure_parser(argparse.ArgumentParser()).parse_args(
-        ["--model", str(folder), "--data", str(lidc_root / "val.npz"), "--samples", "2", "--max-images", "3",
-         "--output", str(tmp_path / "eval")])
-    assert evaluation.run(args) == 0
+    assert _evaluate("--model", folder, "--data", lidc_root / "val.npz", "--samples", "2", "--max-images", "3",
+                     "--output", tmp_path / "eval") == 0
     doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert doc["num_images"] == 3 and len(doc["per_image"]) == 3
     stacks = evaluation.load_multireader_npz(lidc_root / "val.npz").stacks(4).subset(3)

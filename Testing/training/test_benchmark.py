@@ -173,9 +173,10 @@ def test_quality_study_sees_what_diffseg_evaluate_sees(lidc_root):
     card = {"architecture": {"spatial_dims": 2},
             "input": {"size": [64, 64], "roi_required": True,
                       "preprocessing": {"kind": "minmax", "lower": -1000.0, "upper": 1400.0}}}
-    data, view = load_data(lidc_root / "val.npz", card, 3)
+    data = load_data(lidc_root / "val.npz", card, 3)
     with np.load(lidc_root / "val.npz") as z:
         idx = np.linspace(0, len(z["images"]) - 1, 3).round().astype(int)
-        want = z["images"][idx, 32:96, 32:96] / 255
-    np.testing.assert_allclose(data.images, want, rtol=0, atol=1e-6)
-    assert view["input"]["preprocessing"] == {"kind": "none"}
+        images, masks = z["images"][idx], z["masks"][idx]
+    assert data.box == (slice(32, 96), slice(32, 96))  # the ROI the pipeline samples, on the whole crop
+    np.testing.assert_array_equal(data.images, images)  # preprocessed by the pipeline, as diffseg sample does
+    np.testing.assert_array_equal(data.masks, masks[:, :, 32:96, 32:96])

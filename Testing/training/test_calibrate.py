@@ -4,7 +4,6 @@ card's tau_out (atomically, loadable again) with --write and nothing at all with
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from DiffSegUncertaintyLib.engine import evaluation, modelfile, testing
+from DiffSegUncertaintyLib.engine import cli, evaluation, modelfile, testing
 from training import calibrate
 
 SCALE = {"kind": "scale", "scale": 1 / 255, "offset": 0.0}
@@ -116,10 +115,8 @@ def test_without_write_the_folder_is_byte_identical(tiny_crop_model, lidc_root, 
     assert doc["nll_after"] <= doc["nll_before"] + 1e-12 and len(doc["table"]) >= 7
     assert {"tau", "nll", "ece", "dice"} <= set(doc["table"][0]) and doc["dice_after"] is not None
     # the numbers at the card's tau are those of diffseg evaluate on the same images, seeds and sampler
-    args = evaluation.configure_parser(argparse.ArgumentParser()).parse_args(
-        ["--model", str(tiny_crop_model), "--data", str(lidc_root / "val.npz"), "--samples", "2",
-         "--max-images", "3", "--output", str(tmp_path / "eval")])
-    assert evaluation.run(args) == 0
+    assert cli.main(["evaluate", "--model", str(tiny_crop_model), "--data", str(lidc_root / "val.npz"),
+                     "--samples", "2", "--max-images", "3", "--output", str(tmp_path / "eval"), "--quiet"]) == 0
     ev = json.loads((tmp_path / "eval" / "metrics.json").read_text())["summary"]
     assert doc["nll_before"] == pytest.approx(ev["nll"]["mean"], rel=1e-6)
     assert doc["ece_before"] == pytest.approx(ev["ece"]["mean"], rel=1e-6)
@@ -182,10 +179,8 @@ def test_output_scores_every_metric_at_the_fitted_tau_and_write_puts_them_in_the
     tau = card["architecture"]["tau_out"]
     assert tau != 0.5 and card["metrics"]["tau_out"] == tau and card["metrics"]["images"] == 3
     # the same numbers as diffseg evaluate of the rewritten model (same images, seeds, sampler)
-    args = evaluation.configure_parser(argparse.ArgumentParser()).parse_args(
-        ["--model", str(tiny_crop_model), "--data", str(lidc_root / "val.npz"), "--samples", "2",
-         "--max-images", "3", "--output", str(tmp_path / "eval")])
-    assert evaluation.run(args) == 0
+    assert cli.main(["evaluate", "--model", str(tiny_crop_model), "--data", str(lidc_root / "val.npz"),
+                     "--samples", "2", "--max-images", "3", "--output", str(tmp_path / "eval"), "--quiet"]) == 0
     ev = json.loads((tmp_path / "eval" / "metrics.json").read_text())["summary"]
     for key in ("ged", "hm_iou", "nll", "ece", "dice"):
         assert card["metrics"]["values"][key] == pytest.approx(ev[key]["mean"], rel=1e-6, abs=1e-12), key

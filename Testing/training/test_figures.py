@@ -7,7 +7,8 @@ import pytest
 
 from DiffSegUncertaintyLib.engine import metrics, modelfile, testing
 from DiffSegUncertaintyLib.engine.evaluation import (data_for_model, evaluate_predictor, load_multireader_npz,
-                                                    predictor_from_model, sampler_config_from_card)
+                                                    predictor_from_model)
+from DiffSegUncertaintyLib.engine.pipeline import Model, Request, segment
 from training import figures
 
 SCALE = {"kind": "scale", "scale": 1 / 255, "offset": 0.0}
@@ -29,9 +30,8 @@ def tiny(tmp_path_factory):
 
 def test_steps_sweep_and_plot(tiny, tmp_path):
     folder, data_path, images, masks = tiny
-    model, card = modelfile.load_model(folder)
     data = load_multireader_npz(data_path)
-    sweep = figures.steps_sweep({"hsr": (model, card)}, data, [1, 3, 50], num_samples=2, sampler="ddim")
+    sweep = figures.steps_sweep({"hsr": Model.load(folder)}, data, [1, 3, 50], num_samples=2, sampler="ddim")
     row = sweep["hsr"]
     assert row["steps"] == [1, 3]  # 50 > T = 20 is skipped
     assert row["num_images"] == len(images)
@@ -50,20 +50,25 @@ def test_steps_sweep_scores_a_crop_model_on_its_box(tiny, tmp_path):
     card_file = crop / "model.json"
     card_file.write_text(json.dumps({**json.loads(card_file.read_text()),
                                      "input": {**json.loads(card_file.read_text())["input"], "roi_required": True}}))
-    model, card = modelfile.load_model(crop)
+    model = Model.load(crop)
     data = load_multireader_npz(data_path)
-    row = figures.steps_sweep({"crop": (model, card)}, data, [2], num_samples=2, sampler="ddim")["crop"]
-    seen, view = data_for_model(data, card)
-    assert seen.images.shape[1:] == (8, 8)
-    pred = predictor_from_model(model, view, sampler_config_from_card(view, steps=2, method="ddim"), 0)
+    row = figures.steps_sweep({"crop": model}, data, [2], num_samples=2, sampler="ddim")["crop"]
+    seen = data_for_model(data, model.card)
+    assert seen.masks.shape[2:] == (8, 8) and seen.images.shape[1:] == (16, 16)
+    assert seen.box == (slice(4, 12), slice(4, 12))
+    request = Request(steps=2, sampler="ddim", seed=0, device="cpu")
+    pred = predictor_from_model(model, request, seen.box)
     direct = evaluate_predictor(pred, seen.images, seen.masks, 2, batch_size=len(seen))
     assert row["ged"][0] == list(direct["summary"]["ged"]) and row["num_images"] == len(seen)
+    # what is scored is what `diffseg sample --roi 4,4,12,12` draws from the whole image
+    from DiffSegUncertaintyLib.engine.pipeline import volumes_from_array
+    res = segment(model, volumes_from_array(seen.images[0]), request, samples=2, roi=[4, 4, 12, 12])
+    np.testing.assert_array_equal(pred(seen.images[:1], 2)[0].argmax(1).numpy(), res.maps.labels.numpy())
 
 
 def test_kappa_from_sampler_extras(tiny, tmp_path):
     folder, _, images, _ = tiny
-    model, card = modelfile.load_model(folder)
-    ts, kappa = figures.kappa_trace(model, card, images[:2], num_samples=3, steps=4, sampler="ddim")
+    ts, kappa = figures.kappa_trace(Model.load(folder), images[:2], num_samples=3, steps=4, sampler="ddim")
     assert kappa.shape == (2, 3, 4) and len(ts) == 4 and ts == sorted(ts, reverse=True)
     assert np.all((kappa >= 0) & (kappa <= 1))
     out = figures.plot_kappa(ts, kappa, tmp_path / "kappa.png", ["a", "b"], T=20)

@@ -169,18 +169,14 @@ def test_export_samples_through_the_engine_and_the_cli(resumed_run, lidc_root, t
 
 
 def test_export_records_the_chosen_sampler_and_evaluated_metrics(resumed_run, lidc_root, tmp_path):
-    import argparse
-
-    from DiffSegUncertaintyLib.engine import evaluation
+    from DiffSegUncertaintyLib.engine import cli
     from DiffSegUncertaintyLib.engine.modelfile import read_card
     run = resumed_run[0]
     folder = export_run(run, tmp_path / "m")
     with np.load(lidc_root / "val.npz") as z:
         np.savez(tmp_path / "few.npz", images=z["images"][:2], masks=z["masks"][:2])
-    args = evaluation.configure_parser(argparse.ArgumentParser()).parse_args(
-        ["--model", str(folder), "--data", str(tmp_path / "few.npz"), "--samples", "2", "--steps", "2",
-         "--output", str(tmp_path / "eval")])
-    assert evaluation.run(args) == 0
+    assert cli.main(["evaluate", "--model", str(folder), "--data", str(tmp_path / "few.npz"), "--samples", "2",
+                     "--steps", "2", "--device", "cpu", "--output", str(tmp_path / "eval"), "--quiet"]) == 0
     doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     folder = export_run(run, tmp_path / "m", sampling={"method": "ddim", "steps": 7},
                         evaluation=tmp_path / "eval" / "metrics.json")

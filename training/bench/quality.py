@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,8 +34,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from DiffSegUncertaintyLib.engine.evaluation import (data_for_model, evaluate_predictor, load_multireader_npz,
+                                                    predictor_from_model)
+from DiffSegUncertaintyLib.engine.pipeline import Model, Request, jsonable
 from DiffSegUncertaintyLib.engine.sampler import SamplerConfig
 
 DEFAULT_SPECS = ("paper", "ddim:50", "ddim:25", "ddim:10", "ddim:5", "ddim:3")
@@ -66,36 +69,29 @@ def parse_spec(spec: str, T: int) -> tuple[SamplerConfig, str, bool]:
 
 # -- the predictor -----------------------------------------------------------------------------------
 
-def make_predictor(model, card, config: SamplerConfig, *, seed: int, device, batch_size: int | None,
-                   precision: str = "fp32", channels_last: bool = False):
-    """``evaluation.ModelPredictor`` (card preprocessing, resize to the card's size and back,
-    softmax(y0 / tau_out)) with the sampler's precision / memory-format options passed through."""
-    from DiffSegUncertaintyLib.engine.diffusion import to_probabilities
-    from DiffSegUncertaintyLib.engine.evaluation import ModelPredictor
-    from DiffSegUncertaintyLib.engine.sampler import sample
+def make_predictor(model: Model, config: SamplerConfig, *, seed: int, device, batch_size: int | None,
+                   precision: str = "fp32", channels_last: bool = False, box=None):
+    """``evaluation.predictor_from_model``: each image through the pipeline as ``diffseg sample`` draws it,
+    with the spec's sampler, precision and memory format."""
+    request = Request(sampler=config.method, steps=config.steps, eta=config.eta, spacing=config.spacing,
+                      seed=seed, device=str(device), batch_size=batch_size, precision=precision,
+                      channels_last=channels_last)
+    return predictor_from_model(model, request, box)
 
-    class Predictor(ModelPredictor):
-        def __call__(self, images: np.ndarray, num_samples: int) -> torch.Tensor:
-            spatial = tuple(np.shape(images)[-int(self.model.spatial_dims):])
-            x = self.prepare(images)
-            res = sample(self.model, x, num_samples, self.config, seed=self.seed, batch_size=self.batch_size,
-                         precision=precision, channels_last=channels_last)
-            p = to_probabilities(res.y0.flatten(0, 1), float(self.model.tau_out)).reshape(res.y0.shape)
-            if tuple(p.shape[3:]) != spatial:
-                B, M = p.shape[:2]
-                p = F.interpolate(p.flatten(0, 1), size=spatial, mode="bilinear" if len(spatial) == 2 else
-                                  "trilinear", align_corners=False).reshape(B, M, -1, *spatial)
-            self.timesteps = list(res.timesteps)
-            return p
 
-    return Predictor(model, card, config, seed, device, batch_size)
+def default_data() -> Path:
+    """$DIFFSEG_LIDC (a folder: its val.npz) or ../shared/data/lidc128/val.npz beside the repository."""
+    env = os.environ.get("DIFFSEG_LIDC")
+    if env:
+        p = Path(env)
+        return p if p.suffix == ".npz" else p / "val.npz"
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lidc128" / "val.npz"
 
 
 def load_data(path, card, images: int | None):
-    """(the multi-reader set, the card to build predictors from), as ``diffseg evaluate`` scores a model
-    (``evaluation.data_for_model``: ``images`` evenly spaced, 3D stacks, crop models preprocessed on the
-    whole image and then cut to the centre box of their size)."""
-    from DiffSegUncertaintyLib.engine.evaluation import data_for_model, load_multireader_npz
+    """The multi-reader set as ``diffseg evaluate`` scores a model (``evaluation.data_for_model``: ``images``
+    evenly spaced, 3D stacks, crop models scored on the centre box of their size, sampled as the ROI of the
+    whole image)."""
     return data_for_model(load_multireader_npz(path), card, images)
 
 
@@ -135,19 +131,18 @@ def verdict(diff: dict[str, Any], tol: float = TOLERANCE) -> str:
 
 # -- the study ---------------------------------------------------------------------------------------
 
-def study(model, card, data, specs: Sequence[str], *, samples: int = 16, seed: int = 0, device="cpu",
+def study(model: Model, data, specs: Sequence[str], *, samples: int = Request.samples, seed: int = 0, device="cpu",
           batch_size: int | None = None, boot: int = 10000, progress: bool = True) -> dict[str, Any]:
     """Score ``data`` at every spec (the first is the baseline); per-spec summary, per-image values and
     the paired differences to the baseline."""
-    from DiffSegUncertaintyLib.engine.evaluation import evaluate_predictor
-    T = model.schedule.T
-    specs = [paper_spec(model) if s == "paper" else s for s in specs]
+    T = model.network.schedule.T
+    specs = [paper_spec(model.network) if s == "paper" else s for s in specs]
     rows: dict[str, Any] = {}
     per_image: dict[str, dict[str, list[float]]] = {}
     for spec in specs:
         cfg, precision, cl = parse_spec(spec, T)
-        pred = make_predictor(model, card, cfg, seed=seed, device=device, batch_size=batch_size,
-                              precision=precision, channels_last=cl)
+        pred = make_predictor(model, cfg, seed=seed, device=device, batch_size=batch_size,
+                              precision=precision, channels_last=cl, box=data.box)
         started = time.perf_counter()
         res = evaluate_predictor(pred, data.images, data.masks, samples,
                                  ids=[data.item_id(i) for i in range(len(data))])
@@ -187,24 +182,13 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(x: Any) -> Any:
-    """NaN -> null so the file is strict JSON."""
-    if isinstance(x, float):
-        return None if math.isnan(x) or math.isinf(x) else x
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m training.bench.quality", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="trained model folder")
     ap.add_argument("--data", default=None, help="multi-reader npz (default $DIFFSEG_LIDC/val.npz or "
                                                  "../shared/data/lidc128/val.npz)")
     ap.add_argument("--images", type=int, default=16, help="val images, evenly spaced (default 16)")
-    ap.add_argument("--samples", type=int, default=16, help="hypotheses per image, the M of GED_M")
+    ap.add_argument("--samples", type=int, default=Request.samples, help="hypotheses per image, the M of GED_M")
     ap.add_argument("--specs", nargs="+", default=list(DEFAULT_SPECS),
                     help="step specs, the first is the baseline ('paper' = the paper's)")
     ap.add_argument("--seed", type=int, default=0)
@@ -218,30 +202,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from DiffSegUncertaintyLib.engine.modelfile import load_model
-    from training.benchmark_sampling import default_data
-
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, card = load_model(args.model, args.device)
+    model = Model.load(args.model)
+    card = model.card
     data_path = Path(args.data) if args.data else default_data()
-    data, card = load_data(data_path, card, args.images)
+    data = load_data(data_path, card, args.images)
     started = time.perf_counter()
-    res = study(model, card, data, args.specs, samples=args.samples, seed=args.seed, device=args.device,
+    res = study(model, data, args.specs, samples=args.samples, seed=args.seed, device=args.device,
                 batch_size=args.batch_size, boot=args.bootstrap)
     result = {"command": "python -m training.bench.quality " + " ".join(argv),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "model": str(args.model), "name": card.get("name"),
               "method": card.get("method"), "preset": card.get("preset"), "data": str(data_path),
-              "images": len(data), "image_size": list(data.images.shape[1:]), "samples": args.samples,
+              "images": len(data), "image_size": list(data.masks.shape[2:]), "samples": args.samples,
               "seed": args.seed, "device": str(args.device), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "seconds": time.perf_counter() - started, **res}
     text = table(result)
     print(text)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_jsonable(result), indent=1, default=str))
+    out.write_text(json.dumps(jsonable(result), indent=1, default=str))
     out.with_suffix(".md").write_text(text + "\n")
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0

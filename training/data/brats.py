@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from .common import DataMissing, as_size, data_root, read_image, zscore
+from DiffSegUncertaintyLib.engine.volumes import preprocess
+
+from .common import DataMissing, as_size, data_root, read_image
 from .volumes import bbox_center, crop_or_pad, select_split, slice_items, to_item
 
 NEW = ("t1c", "t1n", "t2f", "t2w")
@@ -80,7 +82,7 @@ class BraTS(Dataset):
         name, files, segs, old = self.cases[i]
         if not segs:
             raise DataMissing(f"case {name} has no segmentation file")
-        image = zscore(np.stack([read_image(files[m]) for m in files]))
+        image = preprocess(np.stack([read_image(files[m]) for m in files]), self.preprocessing)
         labels = np.stack([read_image(s).astype(np.int64) for s in segs])
         if old:
             labels[labels == 4] = 3

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from DiffSegUncertaintyLib.engine.volumes import preprocess
+
 from .common import DataMissing, as_size, data_root, read_image, resize
 
 TRAIN_IDS = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
@@ -87,7 +89,7 @@ class Cityscapes(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         stem, im, gt = self.pairs[i]
-        rgb = read_image(im).astype(np.float32) / 255.0                      # (H, W, 3)
+        rgb = preprocess(read_image(im).astype(np.float32)[None], self.preprocessing)[0]  # (H, W, 3), x / 255
         tid = read_image(gt).astype(np.int64)
         labels = np.where(tid == 255, 0, tid + 1)
         if tid.ndim == 3:

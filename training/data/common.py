@@ -98,19 +98,6 @@ def as_size(size: Any, dims: int) -> tuple[int, ...] | None:
     return size
 
 
-def zscore(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Per-channel z-score over the foreground (nonzero) voxels, as nnU-Net does for MRI."""
-    out = np.zeros_like(image, dtype=np.float32)
-    for c in range(image.shape[0]):
-        ch = image[c].astype(np.float32)
-        m = (ch != 0) if mask is None else mask
-        vals = ch[m] if m.any() else ch.ravel()
-        out[c] = (ch - vals.mean()) / (vals.std() + 1e-6)
-        if mask is None:
-            out[c][~m] = 0.0
-    return out
-
-
 def read_image(path: Path) -> np.ndarray:
     """A volume or picture as a numpy array (SimpleITK order: z, y, x; colour last)."""
     import SimpleITK as sitk

@@ -17,13 +17,10 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+from DiffSegUncertaintyLib.engine.volumes import preprocess
+
 from .common import DataMissing, as_size, data_root, read_image
 from .volumes import select_split, slice_items
-
-
-def ct_window(hu: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """HU -> [0, 1] through the window [lo, hi]."""
-    return ((np.clip(hu.astype(np.float32), lo, hi) - lo) / (hi - lo)).astype(np.float32)
 
 
 class Instance(Dataset):
@@ -51,7 +48,7 @@ class Instance(Dataset):
             label = next(iter(sorted((root / "label").glob(f"{name}.nii*"))), None)
             if label is None:
                 raise DataMissing(f"{root / 'label'} has no label for case {name}")
-            image = ct_window(read_image(names[name]), hu_min, hu_max)[None]
+            image = preprocess(read_image(names[name])[None], self.preprocessing)
             labels = (read_image(label) > 0).astype(np.int64)[None]
             self.items += slice_items(image, labels, name, slices, as_size(size, 2), fit)
 

@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from .common import DataMissing, as_size, data_root, read_image, zscore
+from DiffSegUncertaintyLib.engine.volumes import preprocess
+
+from .common import DataMissing, as_size, data_root, read_image
 from .volumes import slice_items
 
 MODALITIES = ("flair", "mprage", "pd", "t2")
@@ -72,7 +74,7 @@ class MSLesion(Dataset):
         self.spatial_dims = 2
         self.items = []
         for subject, scan, files, masks in keep:
-            image = zscore(np.stack([read_image(files[m]) for m in MODALITIES]))
+            image = preprocess(np.stack([read_image(files[m]) for m in MODALITIES]), self.preprocessing)
             labels = np.stack([(read_image(m) > 0).astype(np.int64) for m in masks])
             self.items += slice_items(image, labels, scan, slices, as_size(size, 2), fit)
 

@@ -1,11 +1,14 @@
-"""The ``diffseg`` command: ``sample``, ``models``, ``evaluate``.
+"""The ``diffseg`` command: ``sample``, ``models``, ``evaluate``: flags in, ``pipeline`` calls, exit codes out.
 
 Why it is built this way: the Slicer module runs ``diffseg sample`` as a background process and loads
-its output folder, so the command (1) checks everything before it starts the long work and fails with a
-one-line message and exit code 2, (2) prints ``progress k/N`` lines a parent can parse, (3) writes into a
-hidden temporary folder renamed into place at the end, so a reader never sees half an output and a
-cancelled run (SIGINT/SIGTERM, exit 130) leaves nothing behind. torch is imported only by the commands
-that need it, so ``diffseg models`` and ``--help`` stay fast.
+its output folder, so the command (1) checks everything before it starts the long work
+(``pipeline.Segmenter.plan``) and fails with a one-line message naming the flag (``FLAGS`` maps the
+request's fields to flags) and exit code 2, (2) prints ``progress k/N`` lines a parent can parse (on
+stdout when it is not a terminal; a terminal gets one bar on stderr), (3) writes through
+``pipeline.Result.write`` (a hidden folder renamed into place), so a reader never sees half an output and
+a cancelled run (SIGINT/SIGTERM, exit 130) leaves nothing behind. ``evaluate`` follows the same contract.
+Exit codes: 0 done, 2 bad input, 1 a failed run (one line, e.g. non-finite hypotheses), 130 interrupted.
+torch is imported only by the commands that need it, so ``diffseg models`` and ``--help`` stay fast.
 """
 
 from __future__ import annotations
@@ -13,27 +16,33 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
-import traceback
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any, Sequence
 
-from .checks import InputError
-from .modelfile import (PRECISIONS, ModelFileError, broken_models, find_models, read_card, resolve_model,
-                        roi_required)
+from .errors import InputError
+from .modelfile import DEFAULT_SAMPLES, PRECISIONS, broken_models, find_models, read_card
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-OUTPUT_FILES = ("hypotheses.seg.nrrd", "consensus.nrrd", "mean_probability.nrrd", "entropy.nrrd",
-                "mutual_information.nrrd", "variance.nrrd", "summary.json")
+#: request field -> the flag that sets it (pipeline.RequestError.field)
+FLAGS = {"samples": "--samples", "steps": "--steps", "sampler": "--sampler", "eta": "--eta", "seed": "--seed",
+         "roi": "--roi", "roi_mm": "--roi-mm", "device": "--device", "precision": "--precision",
+         "batch_size": "--batch-size", "overlap": "--overlap", "channels_last": "--channels-last",
+         "output": "--output", "inputs": "the input files", "model": "--model"}
 
 
 def _err(msg: str) -> None:
     print(f"diffseg: error: {msg}", file=sys.stderr, flush=True)
+
+
+def _message(err: InputError) -> str:
+    """An engine error in the command's words: a request field becomes its flag."""
+    field, detail = getattr(err, "field", None), getattr(err, "detail", None)
+    if field in FLAGS and detail is not None:
+        return f"{FLAGS[field]} {detail}"
+    return str(err)
 
 
 # -- parser ----------------------------------------------------------------------------------------
@@ -45,7 +54,7 @@ def _numbers(text: str, kind: type, what: str) -> list:
         raise InputError(f"{what} must be comma-separated numbers, got {text!r}") from None
 
 
-def build_parser(with_evaluate: bool = False) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffseg", description="Probabilistic segmentation with diffusion models (PGRD, HSRDiff): "
         "draw several plausible segmentations of an image and per-voxel uncertainty maps.")
@@ -59,7 +68,8 @@ def build_parser(with_evaluate: bool = False) -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="model name (see `diffseg models`) or model folder")
     s.add_argument("--output", required=True, help="output folder (created; must not exist unless "
                    "--overwrite)")
-    s.add_argument("--samples", type=int, default=16, help="number of hypotheses M (default 16)")
+    s.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                   help=f"number of hypotheses M (default {DEFAULT_SAMPLES})")
     s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the card's)")
     s.add_argument("--sampler", choices=("ddpm", "ddim"), default=None,
                    help="ddpm (ancestral) or ddim (default: the card's)")
@@ -71,8 +81,10 @@ def build_parser(with_evaluate: bool = False) -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=None, help="(slice or patch, hypothesis) pairs per "
                    "network call; halved automatically on out-of-memory (default: GPU 64 in 2D, 2 patches "
                    "in 3D; CPU a voxel budget, 4 pairs of 128 x 128, measured fastest)")
-    s.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 (default) or bf16: the networks run under bfloat16 autocast, 1.2-1.9x "
+    s.add_argument("--precision", choices=("auto", *PRECISIONS), default="fp32",
+                   help="fp32 (default), bf16 or auto (bf16 on a CPU with AMX/AVX512-BF16 or a CUDA GPU with "
+                   "bf16, else fp32; the choice is printed and recorded in summary.json). bf16: the networks "
+                   "run under bfloat16 autocast, 1.2-1.9x "
                    "faster measured on a CPU with AVX-512-BF16; hypotheses close to fp32's, "
                    "not equal (docs/benchmarks.md); cpu and cuda only")
     s.add_argument("--channels-last", action="store_true", help="run the networks in the channels-last "
@@ -96,41 +108,91 @@ def build_parser(with_evaluate: bool = False) -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true", help="print the list as JSON")
     m.set_defaults(func=cmd_models)
 
-    if with_evaluate:
-        from . import evaluation
-        e = sub.add_parser("evaluate", help="score hypotheses against reference segmentations")
-        evaluation.configure_parser(e)
-        e.set_defaults(func=evaluation.run)
-    else:  # configured only when used, so other commands do not import the metrics code
-        e = sub.add_parser("evaluate", help="score hypotheses against reference segmentations "
-                           "(`diffseg evaluate --help`)", add_help=False)
-        e.add_argument("rest", nargs=argparse.REMAINDER)
+    e = sub.add_parser("evaluate", help="score a model on a multi-reader set (metrics.json, table.md)",
+                       description="Score a model on a multi-reader npz (LIDC format): GED, HM-IoU, MDM, "
+                       "diversity, mIoU, Dice, NLL, ECE of exactly what `diffseg sample` would write for "
+                       "each image; writes metrics.json and table.md into --output (same output contract "
+                       "as sample). A whole validation file takes hours on a CPU (docs/cli.md; an estimate is "
+                       "printed after the first image): start with --max-images.")
+    e.add_argument("--model", required=True, help="model name or model folder")
+    e.add_argument("--models-dir", action="append", default=[], help="extra folder to search for models")
+    e.add_argument("--data", required=True, help="npz with images (S,H,W) and masks (S,A,H,W)")
+    e.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                   help=f"hypotheses per image (the N of GED_N; default {DEFAULT_SAMPLES})")
+    e.add_argument("--steps", type=int, default=None, help="sampler steps (default: the card's)")
+    e.add_argument("--sampler", choices=("ddpm", "ddim"), default=None, help="default: the card's")
+    e.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the card's)")
+    e.add_argument("--seed", type=int, default=0, help="random seed (default 0), as sample's")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="auto: cuda, else mps, else cpu (default auto)")
+    e.add_argument("--precision", choices=("auto", *PRECISIONS), default="fp32",
+                   help="as sample's (default fp32)")
+    e.add_argument("--batch-size", type=int, default=None, help="(image, hypothesis) pairs per network call "
+                   "(default: the device's, as sample's)")
+    e.add_argument("--max-images", type=int, default=None, help="score N images evenly spaced over the file")
+    e.add_argument("--reference", choices=("each", "majority", "soft"), default="each",
+                   help="reference for Dice/NLL/ECE with several annotations (default each)")
+    e.add_argument("--empty", choices=("one", "nan", "zero"), default="one",
+                   help="IoU of two empty masks: one (=1), nan (excluded), zero (=0); default one")
+    e.add_argument("--ece-foreground", action="store_true", help="ECE without pure-background voxels")
+    e.add_argument("--output", required=True, help="folder for metrics.json and table.md (created; must not "
+                   "exist unless --overwrite)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    e.add_argument("--quiet", action="store_true", help="print nothing but errors and the table")
+    e.set_defaults(func=cmd_evaluate)
     return parser
 
 
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM turned into an exception so temporary folders are removed on the way out."""
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    raise _Interrupted(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(with_evaluate=bool(argv) and argv[0] == "evaluate")
-    args = parser.parse_args(argv)
+    """Parse, run, map errors to exit codes; SIGINT/SIGTERM at any point (imports included) exit 130."""
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        _err("interrupted")
+        _err("interrupted; nothing written")
         return EXIT_INTERRUPTED
     except InputError as e:
-        _err(str(e))
+        _err(_message(e))
         return EXIT_INPUT
+    except Exception as e:  # noqa: BLE001 - a failed run: one line (type and message), exit 1
+        from .pipeline import SamplingFailed
+        if not isinstance(e, SamplingFailed) and os.environ.get("DIFFSEG_TRACEBACK"):
+            import traceback
+            traceback.print_exc(file=sys.stderr)
+        _err(str(e) if isinstance(e, SamplingFailed) else f"{type(e).__name__}: {e} (set DIFFSEG_TRACEBACK=1 "
+             "for the traceback)")
+        return EXIT_ERROR
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 # -- diffseg models --------------------------------------------------------------------------------
 
-def _metrics_text(metrics: Any) -> str:
-    """The card's held-out numbers, ``{"split": ..., "values": {name: number}}`` (training.export)."""
+def _metrics_text(metrics: Any, width: int | None = None) -> str:
+    """The card's held-out numbers, ``{"split": ..., "values": {name: number}}`` (training.export); with
+    ``width``, whole ``name=value`` items only, up to that many characters, then "…"."""
     if not isinstance(metrics, dict) or not isinstance(metrics.get("values"), dict):
         return "-"
     parts = [f"{k}={v:.3g}" for k, v in metrics["values"].items()
              if isinstance(v, (int, float)) and k != "step"]
-    return (f"{metrics.get('split', '?')}: " + " ".join(parts))[:60] if parts else "-"
+    if not parts:
+        return "-"
+    text = f"{metrics.get('split', '?')}:"
+    for i, part in enumerate(parts):
+        if width is not None and len(text) + 1 + len(part) > width - (2 if i < len(parts) - 1 else 0):
+            return text + " …"
+        text += " " + part
+    return text
 
 
 def model_rows(models_dirs: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -143,7 +205,8 @@ def model_rows(models_dirs: Sequence[str] = ()) -> list[dict[str, Any]]:
                      "dims": f"{arch['spatial_dims']}D", "channels": arch["in_channels"],
                      "classes": len(card["classes"]), "class_names": card["classes"],
                      "steps": f"{samp.get('method', '?')} {steps}",
-                     "metrics": _metrics_text(card.get("metrics")), "folder": str(folder)})
+                     "metrics": _metrics_text(card.get("metrics")), "metric_values": card.get("metrics"),
+                     "folder": str(folder)})
     return rows
 
 
@@ -160,6 +223,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     cols = [("name", "NAME"), ("method", "METHOD"), ("preset", "PRESET"), ("dims", "DIMS"),
             ("channels", "CHANNELS"), ("classes", "CLASSES"), ("steps", "DEFAULT STEPS"),
             ("metrics", "VAL METRICS"), ("folder", "FOLDER")]
+    rows = [{**r, "metrics": _metrics_text(r["metric_values"], 60)} for r in rows]
     width = {k: max(len(h), *(len(str(r[k])) for r in rows)) for k, h in cols}
     print("  ".join(h.ljust(width[k]) for k, h in cols).rstrip())
     for r in rows:
@@ -167,340 +231,129 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+
+
 # -- diffseg sample --------------------------------------------------------------------------------
 
-@dataclass
-class Plan:
-    """Everything checked and loaded before sampling starts."""
-
-    output: Path
-    folder: Path
-    card: dict[str, Any]
-    volumes: Any
-    image: Any
-    roi: Any
-    config: Any
-    device: str
-    precision: str = "fp32"
-    model: Any = None
-
-
-def _pick_device(choice: str) -> str:
-    import torch
-
-    cuda, mps = torch.cuda.is_available(), bool(getattr(torch.backends, "mps", None)
-                                                and torch.backends.mps.is_available())
-    if choice == "auto":
-        return "cuda" if cuda else "mps" if mps else "cpu"
-    if choice == "cuda" and not cuda:
-        raise InputError("--device cuda: no CUDA GPU is available to this torch build (use --device auto "
-                         "or cpu)")
-    if choice == "mps" and not mps:
-        raise InputError("--device mps: Apple MPS is not available (use --device auto or cpu)")
-    return choice
-
-
-def _sampler_config(card: dict[str, Any], args: argparse.Namespace):
-    from .sampler import SamplerConfig
-
-    names = {f.name for f in fields(SamplerConfig)}
-    cfg = {k: v for k, v in (card.get("sampling") or {}).items() if k in names}
-    if args.sampler is not None:
-        cfg["method"] = args.sampler
-    if args.steps is not None:
-        cfg["steps"] = args.steps
-    if args.eta is not None:
-        cfg["eta"] = args.eta
-    return SamplerConfig(**cfg)
-
-
-def prepare(args: argparse.Namespace) -> Plan:
-    """Every check, in the order a user fixes them; raises InputError, writes nothing."""
-    from .inference import Roi, check_roi
-    from .volumes import physical_box_to_index, preprocess, read_inputs
-
-    output = Path(args.output).expanduser().resolve()
-    if output.exists() and not args.overwrite:
-        raise InputError(f"output {output} exists (pass --overwrite to replace it)")
-    if output.exists() and not output.is_dir():
-        raise InputError(f"output {output} exists and is not a folder")
-    if args.samples < 1:
-        raise InputError(f"--samples must be at least 1 (got {args.samples})")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1 (got {args.batch_size})")
-    if not 0 <= args.overlap < 1:
-        raise InputError(f"--overlap must be in [0, 1) (got {args.overlap})")
-    folder = resolve_model(args.model, args.models_dir)
-    card = read_card(folder)
-    arch = card["architecture"]
-    vols = read_inputs(args.inputs)
-    geo = vols.geometry
-    want = int(arch["in_channels"])
-    if vols.channels.shape[0] != want:
-        names = ", ".join(str(c.get("name", "?")) for c in card["input"].get("channels", []))
-        raise InputError(f"the model {card['name']!r} expects {want} input channel(s) ({names}) but "
-                         f"got {vols.channels.shape[0]} from {len(args.inputs)} file(s)")
-    if int(arch["spatial_dims"]) == 3 and (geo.dimension != 3 or 1 in geo.size):
-        raise InputError(f"the model {card['name']!r} is 3D but {args.inputs[0]} is a 2D image"
-                         + (f" (a single slice, size {list(geo.size)})" if geo.dimension == 3 else ""))
-    if roi_required(card) and not (args.roi or args.roi_mm):
-        raise InputError(f"the model {card['name']!r} was trained on boxes around the target: give the "
-                         f"box with --roi or --roi-mm")
-    roi = None
-    if args.roi or args.roi_mm:
-        nums = _numbers(args.roi or args.roi_mm, int if args.roi else float,
-                        "--roi" if args.roi else "--roi-mm")
-        if len(nums) != 2 * geo.dimension:
-            raise InputError(f"{'--roi' if args.roi else '--roi-mm'} needs {2 * geo.dimension} numbers "
-                             f"for a {geo.dimension}D image, got {len(nums)}")
-        lo, hi = nums[:geo.dimension], nums[geo.dimension:]
-        roi = Roi(lo, hi) if args.roi else Roi(*physical_box_to_index(geo, lo, hi))
-        if args.roi_mm and any(b <= a for a, b in zip(roi.start, roi.stop)):
-            raise InputError(f"--roi-mm {args.roi_mm} (LPS mm) contains no voxel centre of the image")
-    roi = check_roi(roi, geo)
-    image = preprocess(vols.channels, card["input"].get("preprocessing"))
-    crop = image[(slice(None),) + roi.slices()]
-    if all(float(c.max()) == float(c.min()) for c in crop):
-        raise InputError("the image is constant inside the region to segment: nothing to segment")
-    config = _sampler_config(card, args)
-    device = _pick_device(args.device)
-    if args.precision != "fp32" and device not in ("cpu", "cuda"):
-        raise InputError(f"--precision {args.precision} runs on cpu and cuda only (the device is {device}; "
-                         f"use --precision fp32 or --device cpu)")
-    return Plan(output, folder, card, vols, image, roi, config, device, args.precision)
-
-
-class _Interrupted(KeyboardInterrupt):
-    """SIGTERM turned into an exception so the temporary folder is removed on the way out."""
-
-
-def _on_signal(signum: int, frame: Any) -> None:
-    raise _Interrupted(f"signal {signum}")
-
-
-def _progress_printer(quiet: bool):
-    """progress(k, n): a flushed ``progress k/N`` line on stdout, and a bar on stderr if it is a TTY."""
-    from tqdm import tqdm
-
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if quiet:
-            return
-        print(f"progress {done}/{total}", flush=True)
-        if sys.stderr.isatty():
-            if bar is None:
-                bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
-            bar.update(done - bar.n)
-
-    def close() -> None:
-        if bar is not None:
-            bar.close()
-
-    return progress, close
-
-
-def _load(plan: Plan) -> str:
-    """Load the model on the planned device; auto falls back to the CPU if the device fails."""
-    from .modelfile import load_model
-
+def _numbers(text: str | None, kind: type, flag: str) -> list | None:
+    if text is None:
+        return None
     try:
-        plan.model, _ = load_model(plan.folder, plan.device)
-    except ModelFileError:
-        raise
-    except (RuntimeError, AssertionError) as e:
-        if plan.device == "cpu":
-            raise
-        print(f"diffseg: warning: {plan.device} failed ({e}); using the CPU", file=sys.stderr)
-        plan.device = "cpu"
-        plan.model, _ = load_model(plan.folder, "cpu")
-    try:
-        plan.model.schedule.timesteps(plan.config.steps, plan.config.spacing)
-    except ValueError as e:
-        raise InputError(f"--steps: {e}") from None
-    if plan.config.method not in ("ddpm", "ddim"):
-        raise InputError(f"the card's sampler {plan.config.method!r} is not ddpm or ddim")
-    return plan.device
+        return [kind(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise InputError(f"{flag} must be comma-separated {'whole ' if kind is int else ''}numbers, got {text!r}"
+                         ) from None
 
 
-def _segments(labels, card: dict[str, Any]) -> list:
-    from .volumes import PALETTE, Segment
+def request_from(args: argparse.Namespace) -> Any:
+    """The pipeline request the flags describe, checked (pipeline.Request.check)."""
+    from .pipeline import Request
 
-    classes = card["classes"]
-    segs = []
-    for k in range(labels.shape[0]):
-        for c in range(1, len(classes)):
-            multi = len(classes) > 2
-            segs.append(Segment(
-                id=f"hypothesis_{k + 1:02d}" + (f"_{c}" if multi else ""),
-                name=f"Hypothesis {k + 1:02d}" + (f" {classes[c]}" if multi else ""),
-                mask=labels[k] == c,
-                color=PALETTE[(k if not multi else (c - 1)) % len(PALETTE)],
-                tags={"DiffSeg.Hypothesis": str(k + 1), "DiffSeg.Class": str(classes[c]),
-                      "DiffSeg.ClassIndex": str(c)}))
-    return segs
+    return Request(samples=args.samples, steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
+                   roi=_numbers(getattr(args, "roi", None), int, "--roi"),
+                   roi_mm=_numbers(getattr(args, "roi_mm", None), float, "--roi-mm"),
+                   device=args.device, precision=args.precision, batch_size=args.batch_size,
+                   overlap=getattr(args, "overlap", 0.25),
+                   channels_last=bool(getattr(args, "channels_last", False))).check()
 
 
-def _write_outputs(plan: Plan, result: Any, folder: Path, args: argparse.Namespace, device: str,
-                   timings: dict[str, float]) -> None:
-    import numpy as np
-    import torch
+class _Progress:
+    """progress(k, n): a bar on stderr when that is a terminal, ``progress k/N`` lines on stdout otherwise
+    or when stdout is not a terminal (a parent parses them); never both on one terminal."""
 
-    from .uncertainty import summarize
-    from .volumes import write_seg_nrrd, write_volume
+    def __init__(self, quiet: bool, unit: str = "step"):
+        self.quiet, self.unit, self.bar = quiet, unit, None
+        self.show_bar = not quiet and sys.stderr.isatty()
+        self.lines = not quiet and not (sys.stdout.isatty() and self.show_bar)
 
-    geo, roi = plan.volumes.geometry, result.roi
-    t0 = time.perf_counter()
-    maps = summarize(result.y0, plan.model.tau_out, geo.array_spacing)
-    timings["uncertainty_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sl = roi.slices()
+    def __call__(self, done: int, total: int) -> None:
+        if self.lines:
+            print(f"progress {done}/{total}", flush=True)
+        if self.show_bar:
+            if self.bar is None:
+                from tqdm import tqdm
+                self.bar = tqdm(total=total, file=sys.stderr, unit=self.unit, dynamic_ncols=True)
+            self.bar.update(done - self.bar.n)
 
-    def full(arr: "torch.Tensor", dtype: Any, lead: tuple[int, ...] = ()) -> "np.ndarray":
-        out = np.zeros(lead + geo.array_shape, dtype=dtype)
-        out[(slice(None),) * len(lead) + sl] = arr.cpu().numpy().astype(dtype)
-        return out
-
-    labels = full(maps.labels, np.uint8, (maps.labels.shape[0],))
-    write_seg_nrrd(_segments(labels, plan.card), geo, folder / "hypotheses.seg.nrrd")
-    write_volume(full(maps.consensus, np.uint8), geo, folder / "consensus.nrrd")
-    write_volume(full(1 - maps.mean_probability[0], np.float32), geo, folder / "mean_probability.nrrd")
-    write_volume(full(maps.predictive_entropy, np.float32), geo, folder / "entropy.nrrd")
-    write_volume(full(maps.mutual_information, np.float32), geo, folder / "mutual_information.nrrd")
-    write_volume(full(maps.foreground_variance, np.float32), geo, folder / "variance.nrrd")
-
-    classes = plan.card["classes"]
-    vol_mm3 = float(np.prod(geo.spacing))
-    hyps = []
-    for k in range(labels.shape[0]):
-        counts = torch.bincount(maps.labels[k].reshape(-1).long(), minlength=len(classes)).tolist()
-        hyps.append({
-            "index": k + 1, "name": f"Hypothesis {k + 1:02d}",
-            "foreground_voxels": int(maps.volumes_voxels[k]),
-            "foreground_mm3": float(maps.volumes_voxels[k] * vol_mm3),
-            "class_voxels": {classes[c]: int(counts[c]) for c in range(1, len(classes))},
-            "class_mm3": {classes[c]: float(counts[c] * vol_mm3) for c in range(1, len(classes))}})
-    timings["write_s"] = time.perf_counter() - t0
-    summary = {
-        "format_version": 1,
-        "model": {"name": plan.card["name"], "method": plan.card["method"], "preset": plan.card["preset"],
-                  "folder": str(plan.folder), "sha256": plan.card["weights"]["sha256"]},
-        "inputs": [str(Path(p).resolve()) for p in plan.volumes.paths],
-        "seed": args.seed, "samples": args.samples, "steps": len(result.timesteps),
-        "sampler": asdict(plan.config), "device": device, "batch_size": result.batch_size,
-        "precision": plan.precision, "channels_last": bool(args.channels_last),
-        "roi": {"start": roi.start, "stop": roi.stop},
-        "grid": geo.as_dict(), "classes": classes, "tau_out": plan.model.tau_out,
-        "skipped_constant": result.skipped,
-        "hypotheses": hyps,
-        "spread": {"voxels": maps.spread_voxels, "mm3": maps.spread_mm3},
-        "timings": timings, "files": list(OUTPUT_FILES),
-    }
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
-def _first_missing_parent(path: Path) -> Path | None:
-    missing = None
-    for p in [path.parent, *path.parent.parents]:
-        if p.exists():
-            break
-        missing = p
-    return missing
+def _say(args: argparse.Namespace, msg: str) -> None:
+    if not args.quiet:
+        print(f"diffseg: {msg}", file=sys.stderr, flush=True)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from .pipeline import Model, Segmenter, check_output
+
     t_start = time.perf_counter()
-    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    tmp: Path | None = None
-    created: Path | None = None
-    close_bar = None
+    request = request_from(args)
+    output = check_output(args.output, args.overwrite)
+    model = Model.load(args.model, args.models_dir)
+    segmenter = Segmenter(model)
+    plan = segmenter.plan(args.inputs, request)
+    read_s = time.perf_counter() - t_start
+    _say(args, f"{model.name} ({model.card['method']}), {request.samples} samples, {plan.config.method} "
+         f"{len(plan.timesteps)} steps on {plan.device} ({plan.precision})")
+    progress = _Progress(args.quiet)
     try:
-        timings: dict[str, float] = {}
-        try:
-            plan = prepare(args)
-            timings["read_s"] = time.perf_counter() - t_start
-            t0 = time.perf_counter()
-            device = _load(plan)
-            timings["load_model_s"] = time.perf_counter() - t0
-        except InputError as e:
-            _err(str(e))
-            return EXIT_INPUT
-        from .inference import run_model
-
-        if not args.quiet:
-            print(f"diffseg: {plan.card['name']} ({plan.card['method']}), {args.samples} samples, "
-                  f"{plan.config.method} {plan.config.steps or plan.model.schedule.T} steps on {device}"
-                  + (f" ({plan.precision})" if plan.precision != "fp32" else ""),
-                  file=sys.stderr, flush=True)
-        created = _first_missing_parent(plan.output)
-        plan.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{plan.output.name}.partial-", dir=plan.output.parent))
-        progress, close_bar = _progress_printer(args.quiet)
-        t0 = time.perf_counter()
-        result = run_model(plan.model, plan.card, plan.image, plan.volumes.geometry, args.samples,
-                           plan.config, args.seed, roi=plan.roi, batch_size=args.batch_size,
-                           progress=progress, overlap=args.overlap, precision=plan.precision,
-                           channels_last=args.channels_last)
-        timings["sampling_s"] = time.perf_counter() - t0
-        close_bar()
-        _write_outputs(plan, result, tmp, args, device, timings)
-        timings["total_s"] = time.perf_counter() - t_start
-        summary = json.loads((tmp / "summary.json").read_text())
-        summary["timings"] = timings
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        # commit: no signal may split the swap of the old and the new folder
-        for s in old:
-            signal.signal(s, signal.SIG_IGN)
-        trash = None
-        if plan.output.exists():
-            trash = plan.output.with_name(f".{plan.output.name}.old-{os.getpid()}")
-            os.replace(plan.output, trash)
-        os.replace(tmp, plan.output)
-        tmp = None
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-        if not args.quiet:
-            print(f"diffseg: wrote {plan.output} in {timings['total_s']:.1f} s", file=sys.stderr)
-        return EXIT_OK
-    except KeyboardInterrupt:
-        _err("interrupted; nothing written")
-        return EXIT_INTERRUPTED
-    except InputError as e:  # a check that needs the model (e.g. constant slices) failed late
-        _err(str(e))
-        return EXIT_INPUT
-    except Exception as e:  # noqa: BLE001 - last resort: message + traceback, exit 1
-        traceback.print_exc(file=sys.stderr)
-        _err(f"{type(e).__name__}: {e}")
-        return EXIT_ERROR
+        result = segmenter.run(plan, progress)
     finally:
-        for s in old:
-            signal.signal(s, signal.SIG_IGN)
-        if close_bar is not None:
-            close_bar()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if created is not None and not plan_output_exists(args):
-            _remove_empty(created, Path(args.output).expanduser().resolve().parent)
-        for s, h in old.items():
-            signal.signal(s, h)
+        progress.close()
+    result.timings = {"read_s": read_s, **result.timings}
+    result.write(output, args.overwrite)
+    _say(args, f"wrote {output} in {time.perf_counter() - t_start:.1f} s")
+    return EXIT_OK
 
 
-def plan_output_exists(args: argparse.Namespace) -> bool:
-    return Path(args.output).expanduser().resolve().exists()
+# -- diffseg evaluate ------------------------------------------------------------------------------
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score exactly what ``sample`` would write for each image (evaluation.predictor_from_model)."""
+    from . import evaluation
+    from .pipeline import Model, check_output
 
-def _remove_empty(top: Path, deepest: Path) -> None:
-    """Remove the parent folders this run created (deepest first) if they are empty."""
-    p = deepest
-    while True:
-        try:
-            p.rmdir()
-        except OSError:
-            return
-        if p == top:
-            return
-        p = p.parent
+    request = request_from(args)
+    if args.max_images is not None and args.max_images < 1:
+        raise InputError(f"--max-images must be at least 1 (got {args.max_images})")
+    output = check_output(args.output, args.overwrite)
+    model = Model.load(args.model, args.models_dir)
+    data = evaluation.data_for_model(evaluation.load_multireader_npz(args.data), model.card, args.max_images)
+    hi = int(data.masks.max())
+    if hi >= len(model.classes):
+        raise InputError(f"{args.data} has labels up to {hi} but the model has {len(model.classes)} classes")
+    predict = evaluation.predictor_from_model(model, request, data.box)
+    plan = predict.plan(data.images[0], request.samples)  # every check, before any image is scored
+    _say(args, f"{model.name}: {len(data)} images x {request.samples} samples, {plan.config.method} "
+         f"{len(plan.timesteps)} steps on {plan.device} ({plan.precision})")
+    progress = _Progress(args.quiet, unit="image")
+    started = time.perf_counter()
+
+    def tick(done: int, total: int) -> None:
+        progress(done, total)
+        if done == 1 and total > 1:  # say how long the whole file will take, from the first image
+            left = (time.perf_counter() - started) * (total - 1)
+            when = f"{left:.0f} s" if left < 90 else f"{left / 60:.0f} min" if left < 5400 else f"{left / 3600:.1f} h"
+            _say(args, f"first image took {time.perf_counter() - started:.1f} s: about {when} for the other "
+                 f"{total - 1} (fewer with --max-images)")
+
+    try:
+        result = evaluation.evaluate_predictor(predict, data.images, data.masks, request.samples, 1, tick,
+                                               reference=args.reference, empty=args.empty,
+                                               ece_background=not args.ece_foreground,
+                                               ids=[data.item_id(i) for i in range(len(data))])
+    finally:
+        progress.close()
+    extra = {"model": model.name, "model_folder": str(model.folder), "data": str(data.path),
+             "sampler": plan.config.method, "steps": len(plan.timesteps), "sampler_config": asdict(plan.config),
+             "seed": request.seed, "device": plan.device, "precision": plan.precision}
+    jpath, tpath = evaluation.write_report(result, output, model.name, extra, overwrite=args.overwrite)
+    print(tpath.read_text())
+    _say(args, f"wrote {jpath} and {tpath}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 Why one path for every method: the published numbers (HSRDiff Table 1, PGRD Table I) are only
 comparable when the same metric code, the same conventions and the same sample count score every
 method. So a method enters as a *predictor* ``predict(images (B, *S) raw, num_samples) -> (B, M, C, *S)``
-class probabilities; diffusion models through ``predictor_from_model`` (card preprocessing, resize to
-the card's input size and back, ``sampler.sample``, ``softmax(y0 / tau_out)``), the baselines of
+class probabilities; diffusion models through ``predictor_from_model``, which runs every image through
+``pipeline.Segmenter`` exactly as ``diffseg sample`` runs a file (card preprocessing of the whole image,
+the crop model's box as the ROI, resize to the card's input size, ``sampler.sample``, y0 resized back,
+``softmax(y0 / tau_out)``), so the scores are of what users get; the baselines of
 ``training/baselines.py`` through their ``sample_probabilities``. Hypothesis m's mask is the argmax of
 its probabilities; every number comes from ``metrics.score_image`` and ``metrics.aggregate``
 (per image first, then mean and population std over images), never re-implemented here.
@@ -16,22 +18,23 @@ scored.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import metrics
 from .checks import InputError
+from .diffusion import to_probabilities
+from .modelfile import DEFAULT_SAMPLES
+from .pipeline import Model, Request, Segmenter, atomic_folder, check_output, jsonable, volumes_from_array
 
 Predictor = Callable[[np.ndarray, int], "torch.Tensor | np.ndarray"]
 ProgressArg = "bool | Callable[[int, int], None]"
@@ -87,6 +90,9 @@ class MultiReaderSet:
     nodule: np.ndarray | None = None
     slice: np.ndarray | None = None
     path: str = ""
+    #: a crop model's scoring box (array-order slices): the masks are cut to it, the images are whole
+    #: (the pipeline preprocesses the whole image and samples the box, as ``diffseg sample --roi``)
+    box: tuple[slice, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -99,7 +105,7 @@ class MultiReaderSet:
         idx = np.linspace(0, len(self) - 1, int(n)).round().astype(int)
         pick = lambda a: None if a is None else a[idx]  # noqa: E731
         return MultiReaderSet(self.images[idx], self.masks[idx], pick(self.patient), pick(self.nodule),
-                              pick(self.slice), self.path)
+                              pick(self.slice), self.path, self.box)
 
     def stacks(self, depth: int) -> "MultiReaderSet":
         """2D slices -> 3D stacks (N', depth, H, W) with readings (N', A, depth, H, W), for a 3D model:
@@ -116,16 +122,26 @@ class MultiReaderSet:
                               np.stack([self.masks[r].transpose(1, 0, 2, 3) for r in rows]),
                               self.patient[last], self.nodule[last], self.slice[last], self.path)
 
-    def centre_crop(self, size: Sequence[int]) -> "MultiReaderSet":
-        """The centre box of ``size`` of every image and mask. A crop model is scored on the box it
-        was trained on: the LIDC crops are centred on the nodule, and a crop model must not see a
-        resized (rescaled) image."""
+    def centre_box(self, size: Sequence[int]) -> "MultiReaderSet":
+        """The set scored in the centre box of ``size`` of every image: masks cut to the box, images kept
+        whole (``box``). A crop model is scored on the box it was trained on: the LIDC crops are centred
+        on the nodule, and a crop model must not see a resized (rescaled) image."""
         spatial = self.images.shape[1:]
         if len(size) != len(spatial) or any(int(z) > s for z, s in zip(size, spatial)):
             raise InputError(f"the model's input size {list(size)} does not fit in the data's {list(spatial)}")
         box = tuple(slice((s - int(z)) // 2, (s - int(z)) // 2 + int(z)) for z, s in zip(size, spatial))
-        return MultiReaderSet(self.images[(slice(None), *box)], self.masks[(slice(None), slice(None), *box)],
-                              self.patient, self.nodule, self.slice, self.path)
+        return MultiReaderSet(self.images, self.masks[(slice(None), slice(None), *box)], self.patient,
+                              self.nodule, self.slice, self.path, box)
+
+    def centre_crop(self, size: Sequence[int]) -> "MultiReaderSet":
+        """Images and masks cut to the centre box of ``size`` (for predictors outside the pipeline, e.g.
+        the baselines of training/baselines.py, which take the box as their image)."""
+        boxed = self.centre_box(size)
+        return MultiReaderSet(boxed.shown_images(), boxed.masks, self.patient, self.nodule, self.slice, self.path)
+
+    def shown_images(self) -> np.ndarray:
+        """The images as scored: cut to ``box`` when there is one (figures)."""
+        return self.images if self.box is None else self.images[(slice(None), *self.box)]
 
     def item_id(self, i: int) -> str:
         if self.patient is None:
@@ -138,38 +154,19 @@ class MultiReaderSet:
         return tag
 
 
-def data_for_model(data: MultiReaderSet, card: Mapping[str, Any], max_items: int | None = None
-                   ) -> tuple[MultiReaderSet, dict[str, Any]]:
-    """The items a model is scored on, and the card to build its predictor from: stacks of the card's
-    depth for a 3D model on 2D slices (``MultiReaderSet.stacks``), ``max_items`` evenly spaced
-    (``subset``), then ``crop_for_model``. Every scoring command goes through here."""
+def data_for_model(data: MultiReaderSet, card: Mapping[str, Any], max_items: int | None = None) -> MultiReaderSet:
+    """The items a model is scored on: stacks of the card's depth for a 3D model on 2D slices
+    (``MultiReaderSet.stacks``), ``max_items`` evenly spaced (``subset``), and for a crop model (card
+    ``input.roi_required``) the centre box of its input size (``centre_box``), which the predictor
+    samples as the ROI of the whole image. Every scoring command goes through here."""
+    from .modelfile import roi_required
     if int(card["architecture"]["spatial_dims"]) == 3 and data.images.ndim == 3:
         size = (card.get("input") or {}).get("size")
         if not size:
             raise InputError("a 3D model needs the card's input size to stack 2D slices")
         data = data.stacks(int(size[0]))
-    return crop_for_model(data.subset(max_items), card)
-
-
-def crop_for_model(data: MultiReaderSet, card: Mapping[str, Any]) -> tuple[MultiReaderSet, dict[str, Any]]:
-    """The set as a model's predictor must see it, and the card to build that predictor from.
-
-    A crop model (card ``input.roi_required``) is scored on the centre box of its input size, the box
-    it was trained on. Its card preprocessing runs on the whole image *before* the box is cut, as
-    ``diffseg sample`` preprocesses the whole volume before it cuts the ROI: a range statistic
-    ("minmax") is the whole image's, so an LIDC crop maps to exactly x / 255 as in training. The images
-    come back preprocessed (float32) and the returned card says ``{"kind": "none"}``, so they are not
-    preprocessed twice. Any other model: the set and the card unchanged.
-    """
-    from .modelfile import roi_required
-    from .volumes import preprocess
-    if not roi_required(card):
-        return data, dict(card)
-    spec = (card.get("input") or {}).get("preprocessing")
-    pre = np.stack([preprocess(img[None], spec)[0] for img in data.images]) if len(data) else data.images
-    full = MultiReaderSet(pre, data.masks, data.patient, data.nodule, data.slice, data.path)
-    inputs = {**card["input"], "preprocessing": {"kind": "none"}}
-    return full.centre_crop(card["input"]["size"]), {**card, "input": inputs}
+    data = data.subset(max_items)
+    return data.centre_box(card["input"]["size"]) if roi_required(dict(card)) else data
 
 
 def load_multireader_npz(path: str | os.PathLike) -> MultiReaderSet:
@@ -225,7 +222,7 @@ def _as_numpy(x: Any) -> np.ndarray:
 
 
 def evaluate_predictor(predict: Predictor, images: np.ndarray, annotations: np.ndarray,
-                       num_samples: int = 16, batch_size: int = 1, progress: Any = False, *,
+                       num_samples: int = DEFAULT_SAMPLES, batch_size: int = 1, progress: Any = False, *,
                        reference: str = metrics.DEFAULT_REFERENCE, empty: str = metrics.DEFAULT_EMPTY,
                        ece_background: bool = True, ids: Sequence[str] | None = None) -> dict[str, Any]:
     """Score ``predict`` on every image: ``{"per_image": [...], "summary": {metric: (mean, std)}}``.
@@ -279,90 +276,72 @@ def evaluate_predictor(predict: Predictor, images: np.ndarray, annotations: np.n
 # -- diffusion models as predictors ----------------------------------------------------------------
 
 class ModelPredictor:
-    """``predict(images, M)`` for a DiffusionSegmenter and its card (see ``predictor_from_model``).
-    Keeps the sampler's extras (e.g. HSRDiff kappa, (B, M, steps) per call) and timesteps of the last
-    calls, for the figures."""
+    """``predict(images, M)`` for a ``pipeline.Model`` (see ``predictor_from_model``): every image through
+    ``pipeline.Segmenter`` as ``diffseg sample`` runs a file. Keeps the last call's results and timesteps."""
 
-    def __init__(self, model: Any, card: Mapping[str, Any], sampler_config: Any = None, seed: int = 0,
-                 device: str | torch.device = "cpu", batch_size: int | None = None,
-                 keep_extras: bool = False):
-        from .sampler import SamplerConfig
-        self.model = model.to(torch.device(device))
-        self.card, self.seed, self.batch_size, self.keep_extras = card, int(seed), batch_size, keep_extras
-        self.config = sampler_config if sampler_config is not None else sampler_config_from_card(card)
-        if not isinstance(self.config, SamplerConfig):
-            raise TypeError("sampler_config must be a SamplerConfig")
-        inputs = card.get("input", {}) or {}
-        self.preprocessing = inputs.get("preprocessing")
-        self.size = tuple(int(s) for s in inputs["size"]) if inputs.get("size") else None
-        self.extras: list[dict[str, torch.Tensor]] = []
-        self.timesteps: list[int] = []
+    def __init__(self, model: Any, request: Any = None, box: tuple[slice, ...] | None = None,
+                 sample_fn: Callable[..., Any] | None = None):
+        if not isinstance(model, Model):
+            raise TypeError("predictor_from_model needs a pipeline.Model (Model.load)")
+        self.model, self.box = model, box
+        self.request = (request or Request()).check()
+        self.segmenter = Segmenter(model, sample_fn)
+        self.config = model.sampler_config(method=self.request.sampler, steps=self.request.steps,
+                                           eta=self.request.eta, spacing=self.request.spacing)
+        self.results: list[Any] = []
 
-    def prepare(self, images: np.ndarray) -> torch.Tensor:
-        """Raw images (B, *S) or (B, Cin, *S) -> preprocessed float32 (B, Cin, *size)."""
-        from .volumes import preprocess
-        x = np.asarray(images)
-        sd = int(self.model.spatial_dims)
-        if x.ndim == sd + 1:
-            x = x[:, None]
-        if x.ndim != sd + 2:
-            raise InputError(f"images of shape {np.shape(images)} do not fit a {sd}D model")
-        x = np.stack([preprocess(img, self.preprocessing) for img in x])
-        t = torch.from_numpy(x).float()
-        if self.size is not None and tuple(t.shape[2:]) != self.size:
-            t = F.interpolate(t, size=self.size, mode="bilinear" if sd == 2 else "trilinear",
-                              align_corners=False)
-        return t
+    @property
+    def timesteps(self) -> list[int]:
+        """The sampler's timesteps (``plan`` refuses a step count the schedule cannot walk)."""
+        return self.model.network.schedule.timesteps(self.config.steps, self.config.spacing)
+
+    def inputs(self, image: np.ndarray) -> Any:
+        """One raw image (*S) or (Cin, *S) as the pipeline's input (spacing 1, identity direction)."""
+        sd = int(self.model.card["architecture"]["spatial_dims"])
+        x = np.asarray(image)
+        if x.ndim not in (sd, sd + 1):
+            raise InputError(f"an image of shape {x.shape} does not fit a {sd}D model")
+        return volumes_from_array(x, channels=x.ndim == sd + 1)
+
+    def request_for(self, num_samples: int) -> Any:
+        """The request of one image: ``num_samples`` hypotheses, ROI = ``box`` (index order i, j[, k])."""
+        roi = None
+        if self.box is not None:
+            roi = [s.start for s in reversed(self.box)] + [s.stop for s in reversed(self.box)]
+        return replace(self.request, samples=int(num_samples), roi=roi, roi_mm=None)
+
+    def plan(self, image: np.ndarray, num_samples: int) -> Any:
+        """Every check of the request against the model and ``image``, nothing sampled."""
+        return self.segmenter.plan(self.inputs(image), self.request_for(num_samples))
+
+    def run(self, images: np.ndarray, num_samples: int) -> list[Any]:
+        """One ``pipeline.Result`` per image (``num_samples`` hypotheses, the ROI = ``box``)."""
+        request = self.request_for(num_samples)
+        self.results = [self.segmenter(self.inputs(img), request) for img in np.asarray(images)]
+        return self.results
 
     def sample_y0(self, images: np.ndarray, num_samples: int) -> torch.Tensor:
-        """Hypotheses y0 (B, M, C, *size) of raw images on the model's grid. Sampling never reads
+        """Hypotheses y0 (B, M, C, *S) on the scored grid (the box for crop models). Sampling never reads
         ``tau_out``, so one y0 serves every tau (``training.calibrate``)."""
-        from .sampler import sample
-        res = sample(self.model, self.prepare(images), num_samples, self.config, seed=self.seed,
-                     batch_size=self.batch_size)
-        self.timesteps = list(res.timesteps)
-        if self.keep_extras:
-            self.extras.append(dict(res.extras))
-        return res.y0
+        return torch.stack([r.y0 for r in self.run(images, num_samples)])
 
-    def probabilities(self, y0: torch.Tensor, spatial: Sequence[int], tau: float | None = None) -> torch.Tensor:
-        """softmax(y0 / tau) over the class channel (PGRD Sec. II-E; tau defaults to the model's
-        tau_out), resized back to the annotations' grid ``spatial`` if it differs (a convex blend
-        keeps sum 1)."""
-        from .diffusion import to_probabilities
+    def probabilities(self, y0: torch.Tensor, tau: float | None = None) -> torch.Tensor:
+        """softmax(y0 / tau) over the class channel (PGRD Sec. II-E; tau defaults to the model's tau_out),
+        as ``pipeline.Result.probabilities``."""
         tau = float(self.model.tau_out if tau is None else tau)
-        p = to_probabilities(y0.flatten(0, 1), tau).reshape(y0.shape)
-        spatial = tuple(int(s) for s in spatial)
-        if tuple(p.shape[3:]) != spatial:
-            B, M = p.shape[:2]
-            mode = "bilinear" if len(spatial) == 2 else "trilinear"
-            p = F.interpolate(p.flatten(0, 1), size=spatial, mode=mode, align_corners=False)
-            p = p.reshape(B, M, *p.shape[1:])
-        return p
+        return to_probabilities(y0.flatten(0, 1), tau).reshape(y0.shape)
 
     def __call__(self, images: np.ndarray, num_samples: int) -> torch.Tensor:
-        spatial = tuple(np.shape(images)[-int(self.model.spatial_dims):])
-        return self.probabilities(self.sample_y0(images, num_samples), spatial)
+        return torch.stack([r.probabilities() for r in self.run(images, num_samples)])
 
 
-def sampler_config_from_card(card: Mapping[str, Any], **overrides: Any) -> Any:
-    """The card's default SamplerConfig, with fields replaced by the non-None ``overrides``."""
-    from .sampler import SamplerConfig
-    names = {f.name for f in fields(SamplerConfig)}
-    given = dict(card.get("sampling") or {})
-    cfg = {k: v for k, v in given.items() if k in names}
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
-    return SamplerConfig(**cfg)
-
-
-def predictor_from_model(model: Any, card: Mapping[str, Any], sampler_config: Any = None, seed: int = 0,
-                         device: str | torch.device = "cpu", batch_size: int | None = None,
-                         keep_extras: bool = False) -> ModelPredictor:
-    """A predictor for a diffusion model: card preprocessing (``volumes.preprocess``) of the raw
-    images, bilinear resize to the card's ``input.size`` if the data differ (probabilities resized
-    back), ``sampler.sample`` with ``seed`` (hypothesis k gets noise seed (seed, k) on every image),
-    ``softmax(y0 / tau_out)``. ``batch_size`` = (image, sample) pairs per network call."""
-    return ModelPredictor(model, card, sampler_config, seed, device, batch_size, keep_extras)
+def predictor_from_model(model: Any, request: Any = None, box: tuple[slice, ...] | None = None,
+                         sample_fn: Callable[..., Any] | None = None) -> ModelPredictor:
+    """A predictor for a diffusion model (``pipeline.Model``): each raw image (2D, or a 3D stack) through
+    ``pipeline.Segmenter`` with ``request`` (``pipeline.Request``; its ``samples`` and ROI are set per call:
+    M and ``box``, a crop model's ``MultiReaderSet.box``). Hypothesis k gets noise seed (seed, k) on
+    every image. ``sample_fn``: another sampler with ``sampler.sample``'s signature (benchmarks)."""
+    return ModelPredictor(model, request, box, sample_fn)
 
 
 # -- reporting -------------------------------------------------------------------------------------
@@ -426,24 +405,12 @@ def format_table(summary: Mapping[str, Any], conventions: Mapping[str, Any], met
     return "\n".join(out) + "\n"
 
 
-def _jsonable(x: Any) -> Any:
-    """NaN -> null so the file is strict JSON; tuples -> lists."""
-    if isinstance(x, float):
-        return None if math.isnan(x) or math.isinf(x) else x
-    if isinstance(x, (np.floating, np.integer)):
-        return _jsonable(x.item())
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
 def write_report(result: Mapping[str, Any], output: str | os.PathLike, method: str = "model",
-                 extra: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
-    """metrics.json (everything, per image included) and table.md into ``output``."""
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+                 extra: Mapping[str, Any] | None = None, overwrite: bool = False) -> tuple[Path, Path]:
+    """metrics.json (everything, per image included) and table.md in the folder ``output``, written as
+    ``diffseg sample`` writes its folder (``pipeline.atomic_folder``: refused if it exists unless
+    ``overwrite``; all or nothing)."""
+    out = check_output(output, overwrite)
     conventions = {**result.get("conventions", {}), "num_images": result.get("num_images")}
     shown = {**conventions, **(extra or {})}  # the table also names the run (model, data, sampler, seed)
     doc = {"method": method, **(extra or {}), "conventions": conventions,
@@ -451,69 +418,7 @@ def write_report(result: Mapping[str, Any], output: str | os.PathLike, method: s
            "summary": {k: {"mean": v[0], "std": v[1]} for k, v in result["summary"].items()},
            "num_images": result.get("num_images"), "num_samples": result.get("num_samples"),
            "seconds": result.get("seconds"), "per_image": result["per_image"]}
-    jpath, tpath = out / "metrics.json", out / "table.md"
-    jpath.write_text(json.dumps(_jsonable(doc), indent=2) + "\n")
-    tpath.write_text(format_table(result["summary"], shown, method))
-    return jpath, tpath
-
-
-# -- the command -----------------------------------------------------------------------------------
-
-def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``diffseg evaluate``."""
-    parser.description = ("Score a model on a multi-reader npz (LIDC format): GED, HM-IoU, MDM, diversity, "
-                           "mIoU, Dice, NLL, ECE; writes metrics.json and table.md.")
-    parser.add_argument("--model", required=True, help="model name or model folder")
-    parser.add_argument("--models-dir", action="append", default=[], help="extra folder to search for models")
-    parser.add_argument("--data", required=True, help="npz with images (S,H,W) and masks (S,A,H,W)")
-    parser.add_argument("--samples", type=int, default=16, help="hypotheses per image (the N of GED_N)")
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the card's)")
-    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default=None, help="default: the card's")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=64,
-                        help="(image, sample) pairs per network call; images per call = max(1, this // samples)")
-    parser.add_argument("--max-images", type=int, default=None, help="score N images evenly spaced over the file")
-    parser.add_argument("--reference", choices=metrics.REFERENCES, default=metrics.DEFAULT_REFERENCE,
-                        help="reference for Dice/NLL/ECE with several annotations")
-    parser.add_argument("--empty", choices=metrics.EMPTY_CONVENTIONS, default=metrics.DEFAULT_EMPTY,
-                        help="IoU of two empty masks: one (=1), nan (excluded), zero (=0)")
-    parser.add_argument("--ece-foreground", action="store_true", help="ECE without pure-background voxels")
-    parser.add_argument("--output", required=True, help="folder for metrics.json and table.md")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """Exit codes as ``diffseg sample``: 0 done, 2 bad input (message on stderr), 130 interrupted."""
-    from .modelfile import load_model, resolve_model
-    try:
-        if args.samples < 1:
-            raise InputError("--samples must be at least 1")
-        if args.max_images is not None and args.max_images < 1:
-            raise InputError("--max-images must be at least 1")
-        folder = resolve_model(args.model, args.models_dir)
-        model, card = load_model(folder, args.device)
-        data, view = data_for_model(load_multireader_npz(args.data), card, args.max_images)
-        hi = int(data.masks.max())
-        if hi >= int(model.num_classes):
-            raise InputError(f"{args.data} has labels up to {hi} but the model has {model.num_classes} classes")
-        config = sampler_config_from_card(card, method=args.sampler, steps=args.steps)
-        predict = predictor_from_model(model, view, config, args.seed, args.device, args.batch_size)
-        images_per_call = max(1, args.batch_size // args.samples)
-        result = evaluate_predictor(predict, data.images, data.masks, args.samples, images_per_call, True,
-                                    reference=args.reference, empty=args.empty,
-                                    ece_background=not args.ece_foreground,
-                                    ids=[data.item_id(i) for i in range(len(data))])
-        extra = {"model": card.get("name", str(folder)), "model_folder": str(folder),
-                 "data": str(data.path), "sampler": config.method, "steps": len(predict.timesteps),
-                 "sampler_config": asdict(config), "seed": args.seed, "device": str(args.device)}
-        jpath, tpath = write_report(result, args.output, str(card.get("name", "model")), extra)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(Path(tpath).read_text())
-    print(f"wrote {jpath} and {tpath}")
-    return 0
+    with atomic_folder(out, overwrite) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n")
+        (tmp / "table.md").write_text(format_table(result["summary"], shown, method))
+    return out / "metrics.json", out / "table.md"

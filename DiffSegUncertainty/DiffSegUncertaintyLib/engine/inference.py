@@ -33,8 +33,7 @@ from torch import Tensor
 
 from .checks import InputError
 from .diffusion import DiffusionSegmenter
-from .sampler import (CancelFn, ProgressFn, SamplerConfig, SamplingCancelled, check_precision,
-                      default_batch_size, sample)
+from .sampler import CancelFn, ProgressFn, SamplerConfig, SamplingCancelled, default_batch_size, sample
 from .volumes import Canonical, Geometry, canonical_orientation
 
 T = TypeVar("T")
@@ -171,27 +170,17 @@ def run_model(model: DiffusionSegmenter, card: dict[str, Any], image_arrays: np.
               roi: Roi | None = None, batch_size: int | None = None,
               progress: ProgressFn | None = None, cancel: CancelFn | None = None,
               overlap: float = 0.25, precision: str = "fp32",
-              channels_last: bool = False) -> InferenceResult:
-    """Draw ``num_samples`` hypotheses of a whole image.
+              channels_last: bool = False, sample_fn: Callable[..., Any] = sample) -> InferenceResult:
+    """Draw ``num_samples`` hypotheses of a whole image. Called by ``pipeline.Segmenter.run``, which has
+    checked the request against the model and the image (channels, dimensions, ranges, precision).
 
     image_arrays: (Cin, *array_shape) float32, already preprocessed (volumes.preprocess), on
         ``geometry``'s grid. roi: index box (None = everything). batch_size: (slice or patch,
         hypothesis) pairs per network call (None: the sampler's device default within groups of
         64 pairs' worth of slices (2D) or 2 patches (3D), module docstring).
-        precision, channels_last: the sampler's options (``sampler.sample``).
+        precision, channels_last: the sampler's options (``sampler.sample``); sample_fn: the sampler.
     """
     dims = int(card["architecture"]["spatial_dims"])
-    if image_arrays.shape[0] != model.in_channels:
-        raise InputError(f"{image_arrays.shape[0]} input channel(s) but the model expects "
-                         f"{model.in_channels}")
-    if dims == 3 and (geometry.dimension != 3 or 1 in geometry.size):
-        raise InputError("a 3D model needs a 3D volume; this input is a 2D image")
-    if num_samples < 1:
-        raise InputError("--samples must be at least 1")
-    try:
-        check_precision(precision, next(model.parameters()).device)
-    except ValueError as e:
-        raise InputError(f"--precision: {e}") from None
     roi = check_roi(roi, geometry)
     crop = image_arrays[(slice(None),) + roi.slices()]
     if geometry.dimension == 2:
@@ -199,17 +188,17 @@ def run_model(model: DiffusionSegmenter, card: dict[str, Any], image_arrays: np.
     else:
         canon = canonical_orientation(geometry.direction, [b - a for a, b in zip(roi.start, roi.stop)])
     vol = torch.from_numpy(np.ascontiguousarray(canon.forward(crop), dtype=np.float32))
-    if not bool(_nonconstant(vol[None])[0]):
-        raise InputError("the image (inside the ROI) is constant: nothing to segment")
     timesteps = model.schedule.timesteps(sampler_config.steps, sampler_config.spacing)
     size = [int(s) for s in card["input"]["size"]]
-    options = {"precision": precision, "channels_last": bool(channels_last)}
-    if dims == 2:
-        y0, units, skipped, bs = _run_2d(model, vol, size, num_samples, sampler_config, seed,
-                                         batch_size, len(timesteps), progress, cancel, options)
-    else:
-        y0, units, skipped, bs = _run_3d(model, vol, size, num_samples, sampler_config, seed,
-                                         batch_size, len(timesteps), progress, cancel, overlap, options)
+
+    def draw(x: Tensor, b: int, cb: ProgressFn) -> Tensor:
+        """(G, Cin, *size) -> y0 (G, M, C, *size): the M hypotheses of G slices or patches."""
+        return sample_fn(model, x, num_samples, sampler_config, seed=seed, batch_size=b, progress=cb,
+                         cancel=cancel, precision=precision, channels_last=bool(channels_last)).y0
+
+    run = _run_2d if dims == 2 else _run_3d
+    y0, units, skipped, bs = run(model, vol, size, num_samples, draw, batch_size, len(timesteps), progress,
+                                 cancel, overlap)
     back = canon.backward(y0.numpy())
     if geometry.dimension == 2:
         back = back[:, :, 0]
@@ -218,9 +207,12 @@ def run_model(model: DiffusionSegmenter, card: dict[str, Any], image_arrays: np.
                            batch_size=bs)
 
 
-def _run_2d(model: DiffusionSegmenter, vol: Tensor, size: list[int], m: int, config: SamplerConfig,
-            seed: int, batch_size: int | None, steps: int, progress: ProgressFn | None,
-            cancel: CancelFn | None, options: dict[str, Any]) -> tuple[Tensor, int, int, int]:
+DrawFn = Callable[[Tensor, int, ProgressFn], Tensor]
+
+
+def _run_2d(model: DiffusionSegmenter, vol: Tensor, size: list[int], m: int, draw: DrawFn,
+            batch_size: int | None, steps: int, progress: ProgressFn | None,
+            cancel: CancelFn | None, overlap: float) -> tuple[Tensor, int, int, int]:
     """vol (Cin, S, P, L): slices along S, each resized to ``size`` and back."""
     n_slices, plane = vol.shape[1], tuple(vol.shape[2:])
     c = model.num_classes
@@ -237,12 +229,8 @@ def _run_2d(model: DiffusionSegmenter, vol: Tensor, size: list[int], m: int, con
             raise SamplingCancelled("sampling cancelled")
         x = _resize(slices[idx], size).to(device)
         cb = track.callback()
-
-        def draw(b: int) -> Tensor:
-            return sample(model, x, m, config, seed=seed, batch_size=b, progress=cb, cancel=cancel,
-                          **options).y0
-
-        y, bs = run_with_oom_retry(draw, bs, lambda b: _log(f"out of memory: batch size now {b}"))
+        y, bs = run_with_oom_retry(lambda b: draw(x, b, cb), bs,
+                                   lambda b: _log(f"out of memory: batch size now {b}"))
         g = y.shape[0]
         y = _resize(y.reshape(g * m, c, *size), plane).reshape(g, m, c, *plane)
         out[:, :, idx] = y.permute(1, 2, 0, 3, 4)
@@ -260,16 +248,13 @@ def count_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: f
     return len(dense_patch_slices(padded, roi_size, interval))
 
 
-def _run_3d(model: DiffusionSegmenter, vol: Tensor, size: list[int], m: int, config: SamplerConfig,
-            seed: int, batch_size: int | None, steps: int, progress: ProgressFn | None,
-            cancel: CancelFn | None, overlap: float,
-            options: dict[str, Any]) -> tuple[Tensor, int, int, int]:
+def _run_3d(model: DiffusionSegmenter, vol: Tensor, size: list[int], m: int, draw: DrawFn,
+            batch_size: int | None, steps: int, progress: ProgressFn | None,
+            cancel: CancelFn | None, overlap: float) -> tuple[Tensor, int, int, int]:
     """vol (Cin, S, P, L): MONAI sliding window with patch size ``size``; the predictor samples M
     hypotheses per patch and returns them stacked on channels (M*C), which MONAI blends."""
     from monai.inferers import sliding_window_inference
 
-    if not 0 <= overlap < 1:
-        raise InputError(f"--overlap must be in [0, 1) (got {overlap})")
     c = model.num_classes
     device = next(model.parameters()).device
     patches_per_call = max(1, (batch_size or DEFAULT_PATCHES_3D * m) // m)
@@ -289,12 +274,7 @@ def _run_3d(model: DiffusionSegmenter, vol: Tensor, size: list[int], m: int, con
         if bool(keep.any()):
             x = patches[keep.to(patches.device)]
             cb = track.callback()
-
-            def draw(b: int) -> Tensor:
-                return sample(model, x, m, config, seed=seed, batch_size=b, progress=cb,
-                              cancel=cancel, **options).y0
-
-            y, state["bs"] = run_with_oom_retry(draw, state["bs"],
+            y, state["bs"] = run_with_oom_retry(lambda b: draw(x, b, cb), state["bs"],
                                                 lambda b: _log(f"out of memory: batch size now {b}"))
             out[keep] = y.reshape(y.shape[0], m * c, *y.shape[3:])
         track.finish_unit()

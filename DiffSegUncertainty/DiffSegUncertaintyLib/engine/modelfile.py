@@ -35,6 +35,8 @@ LABEL_EMBEDDING = "2*onehot-1"
 SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 #: the sampler's precisions (sampler.sample), kept here, torch-free, for the CLI parser and the scene layer
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+#: hypotheses per image when a caller does not say (the M of GED_M in both papers), torch-free for the same reason
+DEFAULT_SAMPLES = 16
 
 
 class ModelFileError(InputError):
@@ -150,8 +152,10 @@ def read_card(folder: str | os.PathLike) -> dict[str, Any]:
         raise ModelFileError(f"{path}: {len(card['classes'])} class names but architecture.num_classes "
                              f"is {arch['num_classes']}")
     size = card["input"].get("size") if isinstance(card["input"], dict) else None
-    if not isinstance(size, list) or len(size) != arch["spatial_dims"]:
-        raise ModelFileError(f"{path}: input.size must list {arch['spatial_dims']} numbers, got {size!r}")
+    if not isinstance(size, list) or len(size) != arch["spatial_dims"] or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size):
+        raise ModelFileError(f"{path}: input.size must list {arch['spatial_dims']} positive whole numbers "
+                             f"(voxels per axis), got {size!r}")
     channels = card["input"].get("channels", [])
     if len(channels) != arch["in_channels"]:
         raise ModelFileError(f"{path}: input.channels describes {len(channels)} channel(s) but "
