@@ -252,7 +252,7 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.doubtIndex = 0
         self.placingPoint = None      # the temporary point list while "Place ROI" waits for a click
         self.timer = qt.QTimer()
-        self.timer.setInterval(200)
+        self.timer.interval = 200  # ms; a Qt property, set as PythonQt does
 
     # -- set-up ----------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -276,25 +276,25 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.ui.mapComboBox.addItem(reading.MAP_LABELS[role], role)
         self.ui.mapComboBox.addItem("None", "")
 
-        self.timer.connect("timeout()", self.logic.scene.poll)
-        self.ui.sampleButton.connect("clicked(bool)", self.onSampleButton)
-        self.ui.samplesSpinBox.connect("valueChanged(int)", self.updateParameterNodeFromGUI)
-        self.ui.stepsSpinBox.connect("valueChanged(int)", self.updateParameterNodeFromGUI)
-        self.ui.seedSpinBox.connect("valueChanged(int)", self.updateParameterNodeFromGUI)
-        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
-        self.ui.roiSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
-        self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelChanged)
-        self.ui.modelsFolderButton.connect("directoryChanged(QString)", self.onModelsFolderChanged)
-        self.ui.placeRoiButton.connect("clicked(bool)", self.onPlaceRoi)
-        self.ui.exportButton.connect("clicked(bool)", self.onExport)
-        self.ui.hypothesisSlider.connect("valueChanged(int)", self.onHypothesis)
-        self.ui.hypothesisSpinBox.connect("valueChanged(int)", self.onHypothesis)
-        self.ui.consensusSpinBox.connect("valueChanged(int)", self.onConsensusThreshold)
-        self.ui.mapComboBox.connect("currentIndexChanged(int)", self.onMapChosen)
-        self.ui.opacitySlider.connect("valueChanged(int)", self.onMapChanged)
-        self.ui.thresholdSpinBox.connect("valueChanged(double)", self.onMapChanged)
-        self.ui.show3DCheckBox.connect("toggled(bool)", self.onShow3D)
-        self.ui.nextDoubtButton.connect("clicked(bool)", self.onNextDoubt)
+        self.timer.timeout.connect(self.logic.scene.poll)
+        self.ui.sampleButton.clicked.connect(self.onSampleButton)
+        self.ui.samplesSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.stepsSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.seedSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.inputVolumeSelector.currentNodeChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.roiSelector.currentNodeChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.modelSelector.currentIndexChanged.connect(self.onModelChanged)
+        self.ui.modelsFolderButton.directoryChanged.connect(self.onModelsFolderChanged)
+        self.ui.placeRoiButton.clicked.connect(self.onPlaceRoi)
+        self.ui.exportButton.clicked.connect(self.onExport)
+        self.ui.hypothesisSlider.valueChanged.connect(self.onHypothesis)
+        self.ui.hypothesisSpinBox.valueChanged.connect(self.onHypothesis)
+        self.ui.consensusSpinBox.valueChanged.connect(self.onConsensusThreshold)
+        self.ui.mapComboBox.currentIndexChanged.connect(self.onMapChosen)
+        self.ui.opacitySlider.valueChanged.connect(self.onMapChanged)
+        self.ui.thresholdSpinBox.valueChanged.connect(self.onMapChanged)
+        self.ui.show3DCheckBox.toggled.connect(self.onShow3D)
+        self.ui.nextDoubtButton.clicked.connect(self.onNextDoubt)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)

@@ -1,0 +1,58 @@
+"""The module file under the stand-in's copies of Slicer's base-class constructors: it loads, its logic
+and widget construct, the panel wires up, and the parameter node lives in the scene."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import prop
+
+
+
+def test_module_logic_and_widget_construct(panel):
+    import slicer
+    w, loaded = panel["widget"], panel["loaded"]
+    from standin.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+    from DiffSegUncertaintyLib.scene.logic import DiffSegUncertaintyLogic as SceneLogic
+    assert isinstance(w.logic, ScriptedLoadableModuleLogic) and isinstance(w.logic.scene, SceneLogic)
+    assert w.logic.scene.scene is slicer.mrmlScene
+    assert loaded.module.DiffSegUncertainty  # the module class
+    assert slicer.modules.diffseguncertainty.title == "DiffSeg Uncertainty"
+    assert "DiffSegUncertainty" in slicer.selfTests
+    node = slicer.mrmlScene.GetSingletonNode("DiffSegUncertainty", "vtkMRMLScriptedModuleNode")
+    assert node is not None and node.GetAttribute("ModuleName") == "DiffSegUncertainty"
+    assert node.GetNodeReference("inputVolume") is panel["volumes"][0]
+    assert node.GetParameter("samples") == "3" and node.GetParameter("modelName") == "tiny3d"
+    assert prop(w.ui.sampleButton, "text") == "Sample 3 hypotheses"
+    assert "HSRDIFF" in prop(w.ui.cardLabel, "text").upper() and "{" not in prop(w.ui.cardLabel, "text")
+
+
+def test_the_stand_in_catches_a_logic_that_inherits_the_scene_logic(slicer_app):
+    """The defect this issue began with: under Slicer's constructor chain (super().__init__() first),
+    a Logic inheriting both bases cannot be built. The stand-in must fail the same way."""
+    from standin.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+
+    from DiffSegUncertaintyLib.scene.logic import DiffSegUncertaintyLogic as SceneLogic
+
+    class InheritingLogic(ScriptedLoadableModuleLogic, SceneLogic):
+        def __init__(self):
+            ScriptedLoadableModuleLogic.__init__(self)
+            SceneLogic.__init__(self, None)
+
+    with pytest.raises(TypeError):
+        InheritingLogic()
+
+
+def test_channel_selectors_follow_the_card(panel, tmp_path):
+    """A two-channel card gets one labelled selector per further channel, in the card's order, and the
+    request lists them in that order (not scene order)."""
+    from DiffSegUncertaintyLib.engine import testing
+    w = panel["widget"]
+    folder = testing.make_tiny_model_folder(tmp_path / "two", spatial_dims=3, in_channels=3)
+    w.ui.modelSelector.addItem("two", str(folder))
+    w.ui.modelSelector.setCurrentIndex(prop(w.ui.modelSelector, "count") - 1)
+    labels = [prop(label, "text") for label, _ in w.channelSelectors]
+    assert prop(w.ui.inputVolumeLabel, "text") == "channel 0:" and labels == ["channel 1:", "channel 2:"]
+    a, b = panel["volumes"]
+    w.channelSelectors[0][1].setCurrentNode(b)  # channel 1 = case B, channel 2 = case A
+    w.channelSelectors[1][1].setCurrentNode(a)
+    assert w.request().volumes == [a, b, a]
