@@ -81,11 +81,11 @@ def panel(slicer_app, inputs):
     w = loaded.widget
     index = w.ui.modelSelector.findText("tiny3d")
     assert index >= 0, [w.ui.modelSelector.itemText(i) for i in range(w.ui.modelSelector.count)]
-    w.ui.modelSelector.setCurrentIndex(index)
+    w.ui.modelSelector.setProperty("currentIndex", index)
     w.ui.inputVolumeSelector.setCurrentNode(volumes[0])
-    w.ui.samplesSpinBox.setValue(SAMPLES)
-    w.ui.stepsSpinBox.setValue(2)
-    w.ui.deviceComboBox.setCurrentIndex(2)  # CPU
+    w.ui.samplesSpinBox.setProperty("value", SAMPLES)
+    w.ui.stepsSpinBox.setProperty("value", 2)
+    w.ui.deviceComboBox.setProperty("currentIndex", 2)  # CPU
     yield {**slicer_app, "loaded": loaded, "widget": w, "volumes": volumes}
     w.cleanup()
 

@@ -49,7 +49,7 @@ def test_channel_selectors_follow_the_card(panel, tmp_path):
     w = panel["widget"]
     folder = testing.make_tiny_model_folder(tmp_path / "two", spatial_dims=3, in_channels=3)
     w.ui.modelSelector.addItem("two", str(folder))
-    w.ui.modelSelector.setCurrentIndex(prop(w.ui.modelSelector, "count") - 1)
+    w.ui.modelSelector.setProperty("currentIndex", prop(w.ui.modelSelector, "count") - 1)
     labels = [prop(label, "text") for label, _ in w.channelSelectors]
     assert prop(w.ui.inputVolumeLabel, "text") == "channel 0:" and labels == ["channel 1:", "channel 2:"]
     a, b = panel["volumes"]
