@@ -56,3 +56,38 @@ def test_channel_selectors_follow_the_card(panel, tmp_path):
     w.channelSelectors[0][1].setCurrentNode(b)  # channel 1 = case B, channel 2 = case A
     w.channelSelectors[1][1].setCurrentNode(a)
     assert w.request().volumes == [a, b, a]
+
+
+def test_place_roi_button_puts_the_models_box_on_the_clicked_point(panel):
+    """'Place ROI': Slicer's place mode on a temporary point list; the click (a control point defined
+    on it, as the slice view's markups widget does) becomes an ROI of the model's size there."""
+    import slicer
+    w, (a, _) = panel["widget"], panel["volumes"]
+    w.ui.placeRoiButton.click()
+    interaction = slicer.mrmlScene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+    assert interaction.GetCurrentInteractionMode() == interaction.Place
+    point = w.placingPoint
+    selection = slicer.mrmlScene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+    assert selection.GetActivePlaceNodeID() == point.GetID()
+    point.AddControlPointWorld([1.0, -2.0, 3.0])
+    point.InvokeEvent(point.PointPositionDefinedEvent)
+    roi = w.ui.roiSelector.currentNode()
+    assert roi is not None and roi.GetCenter() == pytest.approx([1.0, -2.0, 3.0])
+    card = w.currentCard()
+    k, j, i = card["input"]["size"]
+    sx, sy, sz = a.GetSpacing()
+    assert roi.GetSize() == pytest.approx((i * sx, j * sy, k * sz))
+    assert point.GetScene() is None and interaction.GetCurrentInteractionMode() == interaction.ViewTransform
+    node = slicer.mrmlScene.GetSingletonNode("DiffSegUncertainty", "vtkMRMLScriptedModuleNode")
+    assert node.GetNodeReference("roi") is roi  # saved with the scene
+
+
+def test_an_unplaced_roi_is_refused_before_anything_starts(panel):
+    import ctk
+    import slicer
+    w = panel["widget"]
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "new ROI")  # "Create new ROI"
+    w.ui.roiSelector.setCurrentNode(roi)
+    w.ui.sampleButton.click()
+    assert not w.logic.scene.busy
+    assert "has not been placed" in ctk.ctkMessageBox.shown[-1]["text"]
