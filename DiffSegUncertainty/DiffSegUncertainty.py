@@ -438,7 +438,7 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         point.CreateDefaultDisplayNodes()
         selection = slicer.mrmlScene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
         selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
-        selection.SetActivePlaceNodeID(point.GetID())
+        selection.SetReferenceActivePlaceNodeID(point.GetID())  # also tells the mouse-mode toolbar
         interaction = slicer.mrmlScene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
         interaction.SetCurrentInteractionMode(interaction.Place)
         self.placingPoint = point
