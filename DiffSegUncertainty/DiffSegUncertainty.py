@@ -248,6 +248,7 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.lastRun = None           # RunNodes of the last finished run (its own volume inside)
         self.lastOutcome = None
         self.hypothesisCount = None   # votes per voxel of lastRun, for the consensus threshold
+        self.samplerConsensus = None  # lastRun's consensus as the sampler made it (threshold 0 restores it)
         self.doubtful = []            # most-disagreeing slices of lastRun
         self.doubtIndex = 0
         self.placingPoint = None      # the temporary point list while "Place ROI" waits for a click
@@ -555,6 +556,7 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     # -- reading the result ----------------------------------------------------------------------
     def forgetRun(self) -> None:
         self.lastRun, self.hypothesisCount, self.doubtful, self.doubtIndex = None, None, [], 0
+        self.samplerConsensus = None
         self.ui.exportButton.enabled = False
         self.ui.resultsCollapsibleButton.enabled = False
         self.ui.summaryLabel.text = "No run yet."
@@ -565,6 +567,8 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.lastRun = run
         n = len(run.hypothesis_segment_ids)
         self.hypothesisCount = reading.hypothesis_count(run)
+        one_class = len(run.consensus_segment_ids) == 1
+        self.samplerConsensus = reading.consensus_mask(run) if one_class else None
         self.doubtful = reading.doubtful_slices(run)
         self.doubtIndex = 0
         self._updatingGui = True
@@ -574,8 +578,8 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 widget.value = 0
             self.ui.consensusSpinBox.maximum = n
             self.ui.consensusSpinBox.suffix = f" of {n} hypotheses agree"
-            self.ui.consensusSpinBox.value = max(1, (n + 1) // 2)
-            self.ui.consensusSpinBox.enabled = len(run.consensus_segment_ids) == 1
+            self.ui.consensusSpinBox.value = 0  # the sampler's own consensus until the reader asks
+            self.ui.consensusSpinBox.enabled = one_class
             self.ui.mapComboBox.currentIndex = 0
             self.ui.opacitySlider.value = int(100 * reading.DEFAULT_OPACITY)
             self.ui.thresholdSpinBox.value = reading.DEFAULT_LOWER_FRACTION * reading.map_range(
@@ -603,6 +607,10 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onConsensusThreshold(self, value) -> None:
         if self.lastRun is None or self._updatingGui:
+            return
+        if value == 0:
+            voxels = reading.write_consensus(self.lastRun, self.samplerConsensus, "sampler")
+            self.ui.statusLabel.text = f"Consensus: the sampler's ({voxels} voxels, mean probability above 0.5)."
             return
         voxels = reading.set_consensus_threshold(self.lastRun, value, self.hypothesisCount)
         self.ui.statusLabel.text = f"Consensus: {voxels} voxels where at least {value} hypotheses agree."

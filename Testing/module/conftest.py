@@ -5,7 +5,6 @@ a tiny model in the models folder the module remembers in its settings, and two 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,34 +12,15 @@ import pytest
 pytest.importorskip("PySide6", reason="the module tests need PySide6 (pip install -e .[test])")
 
 HERE = Path(__file__).resolve().parent
-MODULE_FILE = HERE.parents[1] / "DiffSegUncertainty" / "DiffSegUncertainty.py"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "scene"))  # scene_helpers: the same volumes as the scene tests
 
 import standin  # noqa: E402
+from module_helpers import MODULE_FILE, SAMPLES, add_slice_views  # noqa: E402
 from scene_helpers import GEOMETRY, SHAPE, load_volume  # noqa: E402
 
 from DiffSegUncertaintyLib.engine import testing  # noqa: E402
 from DiffSegUncertaintyLib.scene.app import create_headless_app  # noqa: E402
-
-SAMPLES = 3
-
-
-def add_slice_views(scene) -> dict:
-    """Red, Yellow, Green as the application's layout makes them (slice + composite node each)."""
-    from slicer import vtkMRMLSliceCompositeNode, vtkMRMLSliceNode
-    views = {}
-    vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)  # as the application logic does
-    for name, orient in (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal")):
-        node = scene.AddNewNodeByClass("vtkMRMLSliceNode", name)  # copies the default node's presets
-        node.SetLayoutName(name)
-        node.SetOrientation(orient)
-        composite = vtkMRMLSliceCompositeNode()
-        composite.SetLayoutName(name)
-        scene.AddNode(composite)
-        views[name] = (node, composite)
-    return views
-
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
@@ -90,19 +70,3 @@ def panel(slicer_app, inputs):
     w.cleanup()
 
 
-def wait_idle(widget, timeout: float = 150.0) -> None:
-    """Let the Qt timer poll the background run, as Slicer's event loop would."""
-    import slicer
-    end = time.monotonic() + timeout
-    while widget.logic.scene.busy:
-        slicer.app.processEvents()
-        time.sleep(0.05)
-        assert time.monotonic() < end, "the run did not end"
-    slicer.app.processEvents()
-
-
-def prop(obj, name: str):
-    """A Qt property read from test code: PySide6 switches to the module file's ``true_property`` view
-    of a class lazily, so a getter may arrive as a method or as the value."""
-    value = getattr(obj, name)
-    return value() if callable(value) else value

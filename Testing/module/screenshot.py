@@ -28,7 +28,7 @@ def main(ct: str, out: str) -> None:
     from vtk.util.numpy_support import vtk_to_numpy
 
     import standin
-    from conftest import MODULE_FILE, add_slice_views
+    from module_helpers import MODULE_FILE, add_slice_views
     from scene_helpers import load_volume
 
     from DiffSegUncertaintyLib.scene.app import create_headless_app

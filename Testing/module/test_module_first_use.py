@@ -13,7 +13,7 @@ import sys
 import types
 
 import pytest
-from conftest import prop
+from module_helpers import prop
 
 MISSING = "diffseg-test-not-installed>=1.0"
 
@@ -134,7 +134,7 @@ def test_minimum_torch_is_monais_floor():
     """MIN_TORCH is the floor the installed MONAI declares (a newer MONAI may need a newer torch)."""
     from packaging.requirements import Requirement
     import DiffSegUncertaintyLib  # noqa: F401
-    src = open(__import__("conftest").MODULE_FILE).read()
+    src = open(__import__("module_helpers").MODULE_FILE).read()
     floor = src.split('MIN_TORCH = "', 1)[1].split('"', 1)[0]
     torch_req = next(Requirement(r) for r in importlib.metadata.requires("monai") if r.startswith("torch"))
     assert any(s.operator == ">=" and s.version.startswith(floor) for s in torch_req.specifier), torch_req

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SAMPLES, prop, wait_idle
+from module_helpers import SAMPLES, prop, wait_idle
 from scene_helpers import scene_counts
 
 from DiffSegUncertaintyLib.scene import colors, reading
@@ -42,8 +42,8 @@ def test_sample_fills_the_scene_and_the_results_panel(panel):
         assert composite.GetForegroundOpacity() == pytest.approx(reading.DEFAULT_OPACITY)
     display = run.maps["entropy"].GetDisplayNode()
     assert display.GetColorNodeID() == colors.SLICER_INFERNO_ID and display.GetApplyThreshold()
-    # consensus slider starts at a majority: ceil(N/2) of N
-    assert prop(w.ui.consensusSpinBox, "value") == (SAMPLES + 1) // 2
+    # the consensus starts as the sampler made it (the spin box's special value 0)
+    assert prop(w.ui.consensusSpinBox, "value") == 0
 
 
 def test_browser_threshold_map_and_jump(panel):
@@ -60,9 +60,13 @@ def test_browser_threshold_map_and_jump(panel):
     assert all(display.GetSegmentVisibility(s) for s in run.hypothesis_segment_ids)
 
     votes = reading.hypothesis_count(run)
+    sampler = reading.consensus_mask(run)
     w.ui.consensusSpinBox.setProperty("value", SAMPLES)  # all agree: the intersection
     assert f"{int((votes >= SAMPLES).sum())} voxels" in prop(w.ui.statusLabel, "text")
+    assert np.array_equal(reading.consensus_mask(run), votes >= SAMPLES)
     assert np.array_equal(reading.hypothesis_count(run), votes)  # hypotheses untouched
+    w.ui.consensusSpinBox.setProperty("value", 0)  # back to the sampler's own
+    assert np.array_equal(reading.consensus_mask(run), sampler)
 
     w.ui.mapComboBox.setProperty("currentIndex", 2)  # variance: its own default threshold (0.1 of 0.25)
     assert prop(w.ui.thresholdSpinBox, "value") == pytest.approx(0.025)

@@ -4,7 +4,7 @@ and widget construct, the panel wires up, and the parameter node lives in the sc
 from __future__ import annotations
 
 import pytest
-from conftest import prop
+from module_helpers import prop
 
 
 

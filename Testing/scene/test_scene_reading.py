@@ -81,6 +81,8 @@ def test_consensus_threshold_is_k_of_n_voxel_for_voxel(done):
     masks = np.stack([segment_mask(run.segmentation, s, volume) for s in run.hypothesis_segment_ids])
     votes = masks.sum(0)
     assert np.array_equal(reading.hypothesis_count(run), votes)
+    sampler = reading.consensus_mask(run)
+    assert np.array_equal(sampler, segment_mask(run.segmentation, run.consensus_segment_ids[0], volume))
     sizes = []
     for k in range(1, N + 1):
         voxels = reading.set_consensus_threshold(run, k)
@@ -90,6 +92,8 @@ def test_consensus_threshold_is_k_of_n_voxel_for_voxel(done):
         sizes.append(voxels)
     assert sizes == sorted(sizes, reverse=True)
     assert sizes[0] == int(masks.any(0).sum()) and sizes[-1] == int(masks.all(0).sum())  # union, intersection
+    assert reading.write_consensus(run, sampler, "sampler") == int(sampler.sum())  # restored
+    assert np.array_equal(segment_mask(run.segmentation, run.consensus_segment_ids[0], volume), sampler)
     with pytest.raises(ValueError):
         reading.set_consensus_threshold(run, 0)
     with pytest.raises(ValueError):

@@ -154,30 +154,48 @@ def hypothesis_count(run: RunNodes) -> np.ndarray:
     return count
 
 
-def set_consensus_threshold(run: RunNodes, k: int, count: np.ndarray | None = None) -> int:
-    """Make the consensus segment the voxels where at least k of the N hypotheses agree; returns its size
-    in voxels. k = N is the intersection, k = 1 the union; the sampler's own consensus is the mean
-    probability's argmax, which for one class is close to k = ceil(N/2)."""
-    n = len(run.hypothesis_segment_ids)
+def consensus_mask(run: RunNodes) -> np.ndarray:
+    """The consensus segment's voxels on the input grid (k, j, i), e.g. to restore the sampler's own."""
     if len(run.consensus_segment_ids) != 1:
         raise ValueError("the agreement threshold applies to models with one foreground class")
-    if not 1 <= k <= n:
-        raise ValueError(f"at least k of {n} hypotheses: k must be 1..{n}, not {k}")
-    count = hypothesis_count(run) if count is None else count
-    mask = (count >= k).astype(np.uint8)
+    geometry = vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(run.maps["entropy"])
+    segment_id = run.consensus_segment_ids[0]
+    label = run.segmentation.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+    return (_segment_array(run, segment_id, geometry) == label).astype(np.uint8)
+
+
+def write_consensus(run: RunNodes, mask: np.ndarray, tag: str) -> int:
+    """Replace the consensus segment's voxels by ``mask`` (k, j, i on the input grid); returns its size."""
+    if len(run.consensus_segment_ids) != 1:
+        raise ValueError("the agreement threshold applies to models with one foreground class")
     geometry = vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(run.maps["entropy"])
     image = vtkOrientedImageData()
     image.SetDimensions(geometry.GetDimensions())
     image.CopyDirections(geometry)
     image.SetOrigin(geometry.GetOrigin())
     image.SetSpacing(geometry.GetSpacing())
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
     image.GetPointData().SetScalars(numpy_to_vtk(mask.ravel(), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
     segment_id = run.consensus_segment_ids[0]
     if not vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
             image, run.segmentation, segment_id, vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, None, True):
         raise RuntimeError(f"cannot update the segment {segment_id!r}")
-    run.segmentation.GetSegmentation().GetSegment(segment_id).SetTag("DiffSeg.AgreementThreshold", f"{k}/{n}")
+    run.segmentation.GetSegmentation().GetSegment(segment_id).SetTag(CONSENSUS_TAG, tag)
     return int(mask.sum())
+
+
+CONSENSUS_TAG = "DiffSeg.Consensus"  # segment tag: "sampler" or "k/N"
+
+
+def set_consensus_threshold(run: RunNodes, k: int, count: np.ndarray | None = None) -> int:
+    """Make the consensus segment the voxels where at least k of the N hypotheses agree; returns its size
+    in voxels. k = N is the intersection, k = 1 the union. (The sampler's own consensus is the argmax of
+    the mean probability, a different rule: keep ``consensus_mask(run)`` to restore it.)"""
+    n = len(run.hypothesis_segment_ids)
+    if not 1 <= k <= n:
+        raise ValueError(f"at least k of {n} hypotheses: k must be 1..{n}, not {k}")
+    count = hypothesis_count(run) if count is None else count
+    return write_consensus(run, count >= k, f"{k}/{n}")
 
 
 # -- the overlay -----------------------------------------------------------------------------------
