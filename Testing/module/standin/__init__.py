@@ -164,6 +164,9 @@ def load_module(path: str | os.PathLike) -> LoadedModule:
             hidden[key] = sys.modules.pop(key)
     try:
         exec("from __feature__ import true_property", module.__dict__)  # noqa: S102
+        # the feature gives classes a second attribute table: PythonQt's ``name`` must be in it too
+        exec("import qt as _qt\nfrom PySide6 import QtCore as _QtCore\n_QtCore.QObject.name = _qt._name\n"
+             "del _qt, _QtCore", module.__dict__)  # noqa: S102
     finally:
         sys.modules.update(hidden)
     with open(path) as f:

@@ -45,7 +45,10 @@ def _pythonqt_connect(self, *args, **kwargs):
     return _qobject_connect(self, *args, **kwargs)
 
 
-_QtCore.QObject.name = property(lambda self: self.objectName())
+# PythonQt's ``name``; QObject.property() is a method under every PySide6 feature set, so the same
+# property object works in both views of the class (the loader installs it in the true_property view too)
+_name = property(lambda self: self.property("objectName"))
+_QtCore.QObject.name = _name
 
 CUSTOM_WIDGETS: dict[str, type] = {}  # filled by the stand-in's ctk and slicer pieces
 
