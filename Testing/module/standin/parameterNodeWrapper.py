@@ -23,6 +23,8 @@ class _Parameter:
 
     def write(self, node, value) -> None:
         if self.is_node:
+            if value is not None and not isinstance(value, self.type):  # validators.IsInstance
+                raise TypeError(f"Value must be of type '{self.type}', is type '{type(value)}'")
             node.SetParameter(self.name, "")
             node.SetNodeReferenceID(self.name, value.GetID() if value is not None else None)
         elif self.type is bool:
