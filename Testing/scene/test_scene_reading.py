@@ -240,3 +240,18 @@ def test_the_default_overlay_leaves_agreed_tissue_as_it_was_through_mrml_slice_l
     run.maps["entropy"].GetDisplayNode().SetApplyThreshold(False)  # the old overlay
     covered = render()
     assert (np.abs(covered[agreed] - alone[agreed]).max(-1) > 0).mean() > 0.9  # the old overlay hid them
+
+
+def test_segment_masks_on_another_grid_are_resampled(done):
+    """The fast path copies a segment by extent when it shares the input grid; any other grid goes
+    through MRML's resampling. A grid shifted by one voxel along i sees the same mask shifted by one."""
+    from slicer import vtkSlicerSegmentationsModuleLogic
+    run = done["run"]
+    geometry = vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(run.maps["entropy"])
+    segment = run.hypothesis_segment_ids[0]
+    same = reading._segment_mask(run, segment, geometry)
+    assert same.any()
+    matrix = reading._matrix(geometry)
+    geometry.SetOrigin(*(matrix[:3, 3] + matrix[:3, 0]))  # origin moved by one i step
+    shifted = reading._segment_mask(run, segment, geometry)
+    assert np.array_equal(shifted[..., :-1], same[..., 1:])

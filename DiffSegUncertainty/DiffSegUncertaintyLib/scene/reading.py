@@ -134,23 +134,41 @@ def show_hypothesis(run: RunNodes, index: int | None, consensus: bool = True) ->
         display.SetSegmentVisibility(segment_id, consensus)
 
 
-def _segment_array(run: RunNodes, segment_id: str, geometry: vtkOrientedImageData) -> np.ndarray:
-    mask, on_grid = vtkOrientedImageData(), vtkOrientedImageData()
+def _matrix(image) -> np.ndarray:
+    m = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _segment_mask(run: RunNodes, segment_id: str, geometry: vtkOrientedImageData) -> np.ndarray:
+    """A segment's voxels (bool, k, j, i) on the input grid. Segments loaded from the run share that
+    grid, so the labelmap's extent is copied into place; only another grid is resampled."""
+    mask = vtkOrientedImageData()
     run.segmentation.GetBinaryLabelmapRepresentation(segment_id, mask)
-    vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(mask, geometry, on_grid, False)
+    label = run.segmentation.GetSegmentation().GetSegment(segment_id).GetLabelValue()
     dims = geometry.GetDimensions()
-    return vtk_to_numpy(on_grid.GetPointData().GetScalars()).reshape(tuple(reversed(dims)))
+    out = np.zeros(tuple(reversed(dims)), bool)
+    e = mask.GetExtent()
+    if e[1] < e[0] or e[3] < e[2] or e[5] < e[4]:
+        return out  # empty segment
+    if np.allclose(_matrix(mask), _matrix(geometry), atol=1e-6) and min(e[0], e[2], e[4]) >= 0 \
+            and e[1] < dims[0] and e[3] < dims[1] and e[5] < dims[2]:
+        i, j, k = mask.GetDimensions()
+        part = vtk_to_numpy(mask.GetPointData().GetScalars()).reshape(k, j, i)
+        out[e[4]:e[5] + 1, e[2]:e[3] + 1, e[0]:e[1] + 1] = part == label
+        return out
+    on_grid = vtkOrientedImageData()
+    vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(mask, geometry, on_grid, False)
+    return vtk_to_numpy(on_grid.GetPointData().GetScalars()).reshape(out.shape) == label
 
 
 def hypothesis_count(run: RunNodes) -> np.ndarray:
-    """Per voxel of the input grid, how many hypotheses hold foreground (k, j, i)."""
+    """Per voxel of the input grid, how many hypotheses hold foreground (uint8 or uint16, k, j, i)."""
     geometry = vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(run.maps["entropy"])
-    seg = run.segmentation.GetSegmentation()
-    count = None
+    count = np.zeros(tuple(reversed(geometry.GetDimensions())),
+                     np.uint8 if len(run.hypothesis_segment_ids) < 256 else np.uint16)
     for segment_id in run.hypothesis_segment_ids:
-        label = seg.GetSegment(segment_id).GetLabelValue()
-        votes = (_segment_array(run, segment_id, geometry) == label).astype(np.int32)
-        count = votes if count is None else count + votes
+        count += _segment_mask(run, segment_id, geometry)
     return count
 
 
@@ -159,9 +177,7 @@ def consensus_mask(run: RunNodes) -> np.ndarray:
     if len(run.consensus_segment_ids) != 1:
         raise ValueError("the agreement threshold applies to models with one foreground class")
     geometry = vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(run.maps["entropy"])
-    segment_id = run.consensus_segment_ids[0]
-    label = run.segmentation.GetSegmentation().GetSegment(segment_id).GetLabelValue()
-    return (_segment_array(run, segment_id, geometry) == label).astype(np.uint8)
+    return _segment_mask(run, run.consensus_segment_ids[0], geometry).astype(np.uint8)
 
 
 def write_consensus(run: RunNodes, mask: np.ndarray, tag: str) -> int:
