@@ -24,7 +24,6 @@ NODULE_LPS = (56.3, 86.4, -115.9)  # LIDC-IDRI-0001 readers' centre of mass (dat
 
 def main(ct: str, out: str) -> None:
     import numpy as np
-    import vtk
     from vtk.util.numpy_support import vtk_to_numpy
 
     import standin
@@ -106,7 +105,6 @@ def main(ct: str, out: str) -> None:
     painter.end()
     canvas.save(out)
     print("wrote", out)
-    _ = vtk
 
 
 if __name__ == "__main__":

@@ -133,7 +133,6 @@ def test_slicer_5_12_uses_slicer_packaging(panel, missing_package, monkeypatch):
 def test_minimum_torch_is_monais_floor():
     """MIN_TORCH is the floor the installed MONAI declares (a newer MONAI may need a newer torch)."""
     from packaging.requirements import Requirement
-    import DiffSegUncertaintyLib  # noqa: F401
     src = open(__import__("module_helpers").MODULE_FILE).read()
     floor = src.split('MIN_TORCH = "', 1)[1].split('"', 1)[0]
     torch_req = next(Requirement(r) for r in importlib.metadata.requires("monai") if r.startswith("torch"))

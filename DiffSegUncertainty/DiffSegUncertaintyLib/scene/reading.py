@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import vtk
 from slicer import (
-    vtkMRMLMarkupsROINode,
     vtkMRMLScene,
     vtkMRMLSliceNode,
     vtkMRMLTransformNode,

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import vtk
 from PySide6 import QtCore, QtWidgets
 
 import qt
@@ -170,4 +169,3 @@ class qMRMLNodeComboBox(QtWidgets.QComboBox):
 
 
 qt.CUSTOM_WIDGETS.update({c.__name__: c for c in (qMRMLWidget, qMRMLNodeComboBox)})
-_ = vtk  # vtk observers are registered through the scene's AddObserver
