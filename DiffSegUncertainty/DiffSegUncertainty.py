@@ -44,6 +44,9 @@ TITLE = "DiffSeg Uncertainty"
 SETTINGS = "DiffSegUncertainty/"
 DEVICE_CHOICES = ("auto", "cuda", "cpu")  # deviceComboBox order: Auto, GPU, CPU
 MIN_TORCH = "2.8"  # MONAI 1.6.1 declares torch>=2.8.0 (its METADATA); the engine uses nothing newer
+# torch >= 2.8, MONAI 1.6 and the engine need Python >= 3.10: Slicer 5.10 and later (Python 3.12);
+# Slicer 5.8 has Python 3.9 (SuperBuild: Slicer_REQUIRED_PYTHON_VERSION "3.9.10") and is told so
+MIN_PYTHON = (3, 10)
 # Slicer's own packages: never installed or upgraded by this module (pinned to what Slicer has while
 # pip runs, so no dependency can pull another version either); torch is PyTorchUtils' business.
 SLICER_OWNED = ("numpy", "scipy", "SimpleITK", "torch")
@@ -84,6 +87,19 @@ class DiffSegUncertaintyParameterNode:
     samples: int = 16
     steps: int = 0
     seed: int = 0
+
+
+def pythonVersion() -> tuple:
+    return tuple(sys.version_info[:2])
+
+
+def pythonProblem() -> str | None:
+    """Why this Slicer cannot run the sampler, before anything is installed; None when it can."""
+    if pythonVersion() >= MIN_PYTHON:
+        return None
+    have = ".".join(map(str, pythonVersion()))
+    return (f"{TITLE} needs Slicer 5.10 or later: its sampler needs Python 3.10 or newer (PyTorch 2.8 and "
+            f"MONAI 1.6 do), and this Slicer has Python {have}. Nothing was installed.")
 
 
 def pythonSlicer() -> str:
@@ -302,6 +318,7 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.refreshModels()
         self.initializeParameterNode()
         self.updateButton()
+        self.ui.statusLabel.text = pythonProblem() or ""
 
     def cleanup(self) -> None:
         self.timer.stop()
@@ -512,6 +529,10 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         request = self.request()
         if any(v is None for v in request.extra_volumes):
             self.showProblem("Select a volume for every input channel of the model.")
+            return
+        problem = pythonProblem()
+        if problem:
+            self.showProblem(problem)
             return
         try:
             self.logic.scene.validate(request)  # bad inputs are told before any install is offered

@@ -137,3 +137,15 @@ def test_minimum_torch_is_monais_floor():
     floor = src.split('MIN_TORCH = "', 1)[1].split('"', 1)[0]
     torch_req = next(Requirement(r) for r in importlib.metadata.requires("monai") if r.startswith("torch"))
     assert any(s.operator == ">=" and s.version.startswith(floor) for s in torch_req.specifier), torch_req
+
+
+def test_slicer_5_8_python_is_told_before_anything_is_installed(panel, missing_package, monkeypatch):
+    """Slicer 5.8 has Python 3.9; torch >= 2.8 and MONAI 1.6 need 3.10: say so, install nothing."""
+    import ctk
+    module = panel["loaded"].module
+    monkeypatch.setattr(module, "pythonVersion", lambda: (3, 9))
+    panel["widget"].ui.sampleButton.click()
+    told = ctk.ctkMessageBox.shown[-1]["text"]
+    assert "needs Slicer 5.10 or later" in told and "Python 3.9" in told
+    assert len(ctk.ctkMessageBox.shown) == 1 and missing_package == []  # no install offered
+    assert not panel["widget"].logic.scene.busy
