@@ -86,3 +86,18 @@ def test_the_scene_layer_imports_neither_torch_nor_qt():
             "bad = [m for m in ('torch', 'qt', 'ctk') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_module_and_what_it_imports_at_load_parse_as_python_3_9():
+    """Slicer 5.8 (Python 3.9) loads every module at start-up: the module file and its load-time imports
+    (the scene layer, engine.modelfile and engine.errors) must not break it; *Sample* then says that
+    the sampler needs Slicer 5.10."""
+    import ast
+    files = [MODULE / "DiffSegUncertainty.py", *sorted((MODULE / "DiffSegUncertaintyLib" / "scene").glob("*.py")),
+             MODULE / "DiffSegUncertaintyLib" / "engine" / "modelfile.py",
+             MODULE / "DiffSegUncertaintyLib" / "engine" / "errors.py"]
+    for path in files:
+        source = path.read_text()
+        ast.parse(source, filename=str(path), feature_version=(3, 9))
+        if " | " in source:  # X | Y annotations are evaluated on 3.9 unless postponed
+            assert "from __future__ import annotations" in source, path.name
