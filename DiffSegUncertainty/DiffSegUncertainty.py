@@ -566,7 +566,11 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.lastOutcome = outcome
         if outcome.status == "done":
             self.ui.progressBar.value = 100
-            self.showRun(outcome.run, outcome.seconds)
+            try:
+                self.showRun(outcome.run, outcome.seconds)
+            except Exception as e:  # noqa: BLE001 - the nodes are in the scene; say what the panel could not do
+                self.showProblem(f"The run finished, but its results could not be shown in the panel: {e}",
+                                 traceback.format_exc())
         elif outcome.status == "failed":
             self.ui.progressBar.value = 0
             logging.error(outcome.log)
