@@ -58,12 +58,24 @@ def test_every_widget_the_module_uses_is_in_the_ui_file():
     assert sorted(used - names) == [], "the module file uses widgets the .ui file does not have"
 
 
-def test_requirements_are_pinned_like_the_project_and_leave_torch_out():
+def test_requirements_cover_the_project_with_lower_bounds_and_leave_slicers_own_packages_out():
+    """Every engine dependency Slicer lacks is installed at first use, with a lower bound the project's
+    pin satisfies; numpy, scipy, SimpleITK (Slicer's own) and torch (PyTorchUtils) are never listed."""
     import tomllib
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    lines = [ln.strip() for ln in (MODULE / "Resources" / "requirements.txt").read_text().splitlines()
-             if ln.strip() and not ln.startswith("#")]
-    assert sorted(lines) == sorted(d for d in project if not d.startswith("torch"))
+
+    from packaging.requirements import Requirement
+    project = [Requirement(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    lines = [ln.split("#")[0].strip() for ln in (MODULE / "Resources" / "requirements.txt").read_text().splitlines()]
+    listed = {Requirement(ln).name.lower(): Requirement(ln) for ln in lines if ln}
+    slicer_owned = {"numpy", "scipy", "simpleitk", "torch"}
+    assert not slicer_owned & set(listed)
+    assert sorted(listed) == sorted(r.name.lower() for r in project if r.name.lower() not in slicer_owned)
+    for req in project:
+        if req.name.lower() in listed:
+            spec = listed[req.name.lower()].specifier
+            assert all(s.operator == ">=" for s in spec), f"{req}: lower bounds only"
+            pinned = next(iter(req.specifier)).version
+            assert spec.contains(pinned), f"the project's {req} is outside {spec}"
 
 
 def test_the_scene_layer_imports_neither_torch_nor_qt():
@@ -74,3 +86,18 @@ def test_the_scene_layer_imports_neither_torch_nor_qt():
             "bad = [m for m in ('torch', 'qt', 'ctk') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_module_and_what_it_imports_at_load_parse_as_python_3_9():
+    """Slicer 5.8 (Python 3.9) loads every module at start-up: the module file and its load-time imports
+    (the scene layer, engine.modelfile and engine.errors) must not break it; *Sample* then says that
+    the sampler needs Slicer 5.10."""
+    import ast
+    files = [MODULE / "DiffSegUncertainty.py", *sorted((MODULE / "DiffSegUncertaintyLib" / "scene").glob("*.py")),
+             MODULE / "DiffSegUncertaintyLib" / "engine" / "modelfile.py",
+             MODULE / "DiffSegUncertaintyLib" / "engine" / "errors.py"]
+    for path in files:
+        source = path.read_text()
+        ast.parse(source, filename=str(path), feature_version=(3, 9))
+        if " | " in source:  # X | Y annotations are evaluated on 3.9 unless postponed
+            assert "from __future__ import annotations" in source, path.name

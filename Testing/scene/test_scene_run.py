@@ -118,8 +118,11 @@ def test_entropy_colour_table_and_windows(finished):
     for role, top in expected.items():
         display = run.maps[role].GetDisplayNode()
         table = display.GetColorNode()
-        assert table.GetName() == "Inferno" and table.GetNumberOfColors() == 256
+        # Slicer's own Inferno node (the app registered ColorFiles/Inferno.txt), not a second "Inferno"
+        assert table.GetID() == colors.SLICER_INFERNO_ID and table.GetNumberOfColors() == 256
         assert not display.GetAutoWindowLevel()
+        # low doubt is transparent by default: a tenth of the scale
+        assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(0.1 * top)
         assert display.GetWindowLevelMin() == pytest.approx(0.0)
         assert display.GetWindowLevelMax() == pytest.approx(top), role
     rgba = [0.0] * 4
@@ -197,7 +200,7 @@ def test_mrb_round_trip(finished, tmp_path):
     assert folder != sh.GetInvalidItemID() and sh.GetItemAttribute(folder, RUN) == "1"
     back = run_from_folder(other.scene, folder)
     assert np.array_equal(array(back.maps["entropy"]), array(run.maps["entropy"]))
-    assert back.maps["entropy"].GetDisplayNode().GetColorNode().GetName() == "Inferno"
+    assert back.maps["entropy"].GetDisplayNode().GetColorNode().GetID() == colors.SLICER_INFERNO_ID
     assert back.maps["entropy"].GetDisplayNode().GetWindowLevelMax() == pytest.approx(math.log(2))
     assert back.consensus_segment_ids and len(back.hypothesis_segment_ids) == SAMPLES
     assert back.table.GetTable().GetValue(0, 1).ToDouble() == pytest.approx(
@@ -254,7 +257,8 @@ def test_second_run_adds_a_second_folder(finished, tiny_model):
     assert [n.GetID() for n in first.nodes()] == first_ids and all(app.scene.GetNodeByID(i) for i in first_ids)
     assert np.array_equal(array(first.maps["entropy"]), first_entropy)
     assert not set(first_ids) & {n.GetID() for n in second.nodes()}
-    assert colors.find_inferno(app.scene) is first.maps["entropy"].GetDisplayNode().GetColorNode()
+    assert colors.inferno_node(app.scene)[0] is first.maps["entropy"].GetDisplayNode().GetColorNode()
+    assert colors.find_inferno(app.scene) is None  # the app's table was used; no stand-in was made
     # the ROI (RAS, in the scene) became the command's LPS box: the index box it used is the voxels
     # whose centres lie inside the ROI, computed here from MRML's own RAS->IJK
     ras_to_ijk = np.linalg.inv(ijk_to_ras(volume))

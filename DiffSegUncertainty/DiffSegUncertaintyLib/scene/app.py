@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 
 import vtk
+from .colors import write_color_file
 from slicer import (
     vtkDataIOManagerLogic,
     vtkMRMLRemoteIOLogic,
@@ -43,6 +44,8 @@ def create_headless_app(cache_dir: str | None = None) -> HeadlessApp:
     app_logic.SetMRMLScene(scene)
     home = tempfile.mkdtemp(prefix="diffseg_home_")  # colour logic looks for <home>/share/ColorFiles
     os.makedirs(os.path.join(home, "share", "ColorFiles"))
+    # Slicer's own Inferno.txt, so the colour logic registers it under the application's node ID
+    write_color_file(os.path.join(home, "share", "ColorFiles", "Inferno.txt"))
     app_logic.SetHomeDirectory(home)
     app_logic.SetShareDirectory("share")
     app_logic.SetSliceLogics(vtk.vtkCollection())

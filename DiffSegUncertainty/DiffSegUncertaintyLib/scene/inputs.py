@@ -83,6 +83,7 @@ def check_request(request: SampleRequest, card: dict[str, Any]) -> None:
             raise InputProblem(f"The model '{card['name']}' segments a box around the target: place a "
                                "region of interest (ROI) over it first.")
         return
+    check_roi_placed(request.roi)
     volume_bounds, roi_bounds = [0.0] * 6, [0.0] * 6
     request.input_volume.GetRASBounds(volume_bounds)
     request.roi.GetRASBounds(roi_bounds)
@@ -90,6 +91,19 @@ def check_request(request: SampleRequest, card: dict[str, Any]) -> None:
            for a in range(3)):
         raise InputProblem(f"The ROI '{request.roi.GetName()}' lies outside the volume "
                            f"'{request.input_volume.GetName()}'; move it over the region to segment.")
+
+
+def check_roi_placed(roi) -> None:
+    """Refuse an ROI that was created but never placed, or has no extent along an axis."""
+    if roi is None:
+        return
+    if roi.GetNumberOfControlPoints() == 0:
+        raise InputProblem(f"The ROI '{roi.GetName()}' has not been placed: click 'Place ROI' and then "
+                           "the structure, or drag its corners in a slice view.")
+    size = roi.GetSize()
+    if min(size) <= 0:
+        raise InputProblem(f"The ROI '{roi.GetName()}' has zero size ({size[0]:.1f} x {size[1]:.1f} x "
+                           f"{size[2]:.1f} mm): give it an extent around the structure.")
 
 
 def roi_box_lps(roi, volume) -> tuple[list[float], list[float]]:

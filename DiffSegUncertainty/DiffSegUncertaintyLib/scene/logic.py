@@ -41,6 +41,8 @@ class RunOutcome:
     log: str = ""
     returncode: int | None = None
     run: RunNodes | None = None
+    seconds: float | None = None
+    request: SampleRequest | None = None   # what was sampled (volume, ROI, model), kept with the outcome
 
 
 class DiffSegUncertaintyLogic:
@@ -78,28 +80,21 @@ class DiffSegUncertaintyLogic:
         return card
 
     @staticmethod
-    def card_facts(card: dict[str, Any]) -> str:
-        """One short paragraph about a model for the module's panel."""
-        arch, spec = card["architecture"], card.get("input", {})
-        channels = ", ".join(c.get("name", "?") for c in spec.get("channels", []))
-        classes = ", ".join(card.get("classes", [])[1:]) or "foreground"
-        facts = [f"{card['method'].upper()} ({card.get('preset', '')}), {arch['spatial_dims']}D, "
-                 f"input: {channels}; segments: {classes}."]
-        sampling = card.get("sampling") or {}
-        if sampling.get("steps"):
-            facts.append(f"Default {sampling['steps']} steps.")
-        training = card.get("training") or {}
-        if training.get("data"):
-            facts.append(f"Trained on {training['data']}.")
-        if card.get("metrics"):
-            facts.append("Held-out: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}"
-                                                 for k, v in list(card["metrics"].items())[:4]) + ".")
-        return " ".join(facts)
+    def channel_names(card: dict[str, Any]) -> list[str]:
+        """The card's input channels in its order (one labelled selector each in the module)."""
+        spec = card.get("input", {}).get("channels") or []
+        names = [str(c.get("name") or c.get("modality") or f"channel {i + 1}") for i, c in enumerate(spec)]
+        return names or [f"channel {i + 1}" for i in range(int(card["architecture"]["in_channels"]))]
 
     # -- a run -----------------------------------------------------------------------------------
     @property
     def busy(self) -> bool:
         return self._runner is not None
+
+    @property
+    def running_request(self) -> SampleRequest | None:
+        """The request of the run in progress: its volume, ROI and model, whatever is selected meanwhile."""
+        return self._job.get("request")
 
     def validate(self, request: SampleRequest) -> dict[str, Any]:
         """The model card when the request can run; InputProblem with the reason otherwise."""
@@ -186,7 +181,8 @@ class DiffSegUncertaintyLogic:
             return
         self._runner.cancel()
         self._finish(RunOutcome("cancelled", "Cancelled; nothing was added to the scene.",
-                                self._runner.log, self._runner.returncode))
+                                self._runner.log, self._runner.returncode,
+                                request=self._job.get("request")))
 
     def _outcome(self, returncode: int) -> RunOutcome:
         log = self._runner.log
@@ -202,8 +198,9 @@ class DiffSegUncertaintyLogic:
                 return RunOutcome("failed", f"The results could not be loaded: {e}", log, returncode)
             seconds = time.monotonic() - self._job["started"]
             return RunOutcome("done", f"{run.name}: {len(run.hypothesis_segment_ids)} hypotheses in "
-                              f"{seconds:.0f} s.", log, returncode, run)
-        return RunOutcome("failed", failure_message(returncode, log, request.device), log, returncode)
+                              f"{seconds:.0f} s.", log, returncode, run, seconds, request)
+        return RunOutcome("failed", failure_message(returncode, log, request.device), log, returncode,
+                          request=request)
 
     def _finish(self, outcome: RunOutcome) -> None:
         shutil.rmtree(self._job.get("workdir", ""), ignore_errors=True)

@@ -33,7 +33,7 @@ from slicer import (
     vtkSlicerSegmentationsModuleLogic,
 )
 
-from .colors import find_inferno, make_inferno
+from .colors import distinct_colors, inferno_node
 
 ROLE = "DiffSeg.Role"          # node attribute: which output a node is (export and reloaded scenes use it)
 RUN = "DiffSeg.Run"            # subject-hierarchy folder attribute: the run number
@@ -45,7 +45,8 @@ MAPS = (("entropy", "entropy.nrrd", "entropy", None),
         ("mutual_information", "mutual_information.nrrd", "mutual information", None),
         ("variance", "variance.nrrd", "variance", 0.25),
         ("mean_probability", "mean_probability.nrrd", "mean probability", 1.0))
-CONSENSUS_COLOR = (0.98, 0.84, 0.10)
+CONSENSUS_COLOR = (0.0, 0.85, 1.0)  # cyan: no Inferno entry comes near it, so the outline stays seen
+LOWER_FRACTION = 0.1  # map values below this fraction of the scale are transparent by default
 GEOMETRY_TOLERANCE = 1e-3  # mm; NRRD headers round-trip the input's geometry to ~1e-6
 
 
@@ -65,6 +66,8 @@ class RunNodes:
     summary: dict[str, Any]
     consensus_segment_ids: list[str] = field(default_factory=list)
     hypothesis_segment_ids: list[str] = field(default_factory=list)
+    input_volume: Any = None   # the volume that was sampled (kept with the run, whatever is selected later)
+    classes: list[str] = field(default_factory=list)
 
     def nodes(self) -> list:
         return [self.segmentation, *self.maps.values(), self.table]
@@ -231,10 +234,8 @@ def load_run(scene: vtkMRMLScene, output_dir: str | Path, input_volume: vtkMRMLS
     added: list = []
     folder = sh.GetInvalidItemID()
     try:
-        inferno = find_inferno(scene)
-        if inferno is None:
-            inferno = make_inferno()
-            scene.AddNode(inferno)
+        inferno, new = inferno_node(scene)
+        if new:
             added.append(inferno)
         transform_id = input_volume.GetTransformNodeID()  # outputs share the input's grid and transform
 
@@ -248,6 +249,9 @@ def load_run(scene: vtkMRMLScene, output_dir: str | Path, input_volume: vtkMRMLS
                                         input_volume.GetID())
         segmentation.SetAndObserveTransformNodeID(transform_id)
         display = segmentation.GetDisplayNode()
+        seg = segmentation.GetSegmentation()
+        for segment_id, rgb in zip(hypothesis_ids, distinct_colors(len(hypothesis_ids))):
+            seg.GetSegment(segment_id).SetColor(*rgb)
         for segment_id in hypothesis_ids:
             display.SetSegmentVisibility(segment_id, False)  # hypotheses on demand, consensus shown
 
@@ -264,6 +268,9 @@ def load_run(scene: vtkMRMLScene, output_dir: str | Path, input_volume: vtkMRMLS
             volume_display.SetAndObserveColorNodeID(inferno.GetID())
             volume_display.AutoWindowLevelOff()  # a fixed scale, comparable between runs and cases
             volume_display.SetWindowLevelMinMax(0.0, log_c if window_max is None else window_max)
+            top = log_c if window_max is None else window_max
+            volume_display.SetApplyThreshold(True)  # low doubt transparent: the anatomy stays readable
+            volume_display.SetThreshold(LOWER_FRACTION * top, 1e30)
 
         table.SetName(f"{name} volumes")
         table.SetAttribute(ROLE, "volumes")
@@ -282,7 +289,7 @@ def load_run(scene: vtkMRMLScene, output_dir: str | Path, input_volume: vtkMRMLS
         raise
     return RunNodes(name=name, folder_item=folder, segmentation=segmentation, maps=maps, table=table,
                     summary=summary, consensus_segment_ids=consensus_ids,
-                    hypothesis_segment_ids=hypothesis_ids)
+                    hypothesis_segment_ids=hypothesis_ids, input_volume=input_volume, classes=list(classes))
 
 
 def _remove_node(scene: vtkMRMLScene, node) -> None:
@@ -316,14 +323,6 @@ def run_from_folder(scene: vtkMRMLScene, folder_item: int) -> RunNodes:
     return RunNodes(name=sh.GetItemName(folder_item), folder_item=folder_item,
                     segmentation=by_role["segmentation"], maps={m[0]: by_role[m[0]] for m in MAPS},
                     table=by_role["volumes"], summary={}, consensus_segment_ids=consensus,
-                    hypothesis_segment_ids=[s for s in ids if s not in consensus])
-
-
-def show_in_slice_views(scene: vtkMRMLScene, background, foreground, opacity: float = 0.5) -> None:
-    """Input as background and an uncertainty map as foreground overlay in every slice view."""
-    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-    for i in range(composites.GetNumberOfItems()):
-        composite = composites.GetItemAsObject(i)
-        composite.SetBackgroundVolumeID(background.GetID())
-        composite.SetForegroundVolumeID(foreground.GetID())
-        composite.SetForegroundOpacity(opacity)
+                    hypothesis_segment_ids=[s for s in ids if s not in consensus],
+                    input_volume=by_role["segmentation"].GetNodeReference(
+                        by_role["segmentation"].GetReferenceImageGeometryReferenceRole()))
