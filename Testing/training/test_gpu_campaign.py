@@ -1,0 +1,159 @@
+"""The GPU campaign prepared on a CPU (issue 15): the data pack round-trips bit for bit through the
+LIDC loader, train.py's device-side options (resident data, no per-step sync, the wall-clock deadline,
+the sync-free EMA) change nothing they should not, and the whole campaign runs end to end with tiny
+presets into a folder that --join turns back into model folders the engine scores."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training import checkpoint as ck
+from training.data.lidc import LIDC
+from training.gpu import campaign as cp
+from training.gpu import pack as pk
+from training.train import EMA, ema_with_warmup, load_config, train
+
+CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
+
+
+@pytest.fixture(scope="module")
+def small_lidc(lidc_root, tmp_path_factory) -> Path:
+    """A lidc128-layout folder of real slices: 40 train and 24 val slices of the val split."""
+    root = tmp_path_factory.mktemp("lidc-small")
+    with np.load(lidc_root / "val.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    for split, sl in (("train", slice(0, 40)), ("val", slice(40, 64))):
+        np.savez(root / f"{split}.npz", **{k: v[sl] for k, v in arrays.items()})
+    return root
+
+
+@pytest.fixture(scope="module")
+def packed(small_lidc, tmp_path_factory) -> Path:
+    return pk.pack(small_lidc, tmp_path_factory.mktemp("pack") / "lidc64.npz", 64)
+
+
+def test_pack_round_trips_bit_for_bit_through_the_loader(small_lidc, packed, tmp_path):
+    folder = pk.unpack(packed, tmp_path / "unpacked")
+    for split in ("train", "val"):
+        with np.load(small_lidc / f"{split}.npz") as z:
+            masks = z["masks"]
+            assert np.array_equal(pk.read(packed, split)["masks"], masks[..., 32:96, 32:96])
+            assert np.array_equal(pk.read(packed, split)["images"], z["images"][:, 32:96, 32:96])
+            assert masks[..., 32:96, 32:96].any()                  # the crops hold nodules: a real check
+        a = LIDC(small_lidc, split, size=64, fit="crop")
+        b = LIDC(folder, split, size=64, fit="crop")
+        assert len(a) == len(b) == (40 if split == "train" else 24)
+        for i in range(len(a)):
+            x, y = a[i], b[i]
+            assert x["id"] == y["id"]
+            assert torch.equal(x["image"], y["image"]) and torch.equal(x["annotations"], y["annotations"])
+
+
+def test_pack_refuses_bad_input_before_work(tmp_path, capsys):
+    assert pk.main(["--data", str(tmp_path), "--out", str(tmp_path / "p.npz")]) == 2
+    assert "train.npz" in capsys.readouterr().err and not (tmp_path / "p.npz").exists()
+    assert pk.main(["--unpack", str(tmp_path / "none.npz"), "--out", str(tmp_path / "u")]) == 2
+
+
+def test_sync_free_ema_equals_averaged_model_bit_for_bit():
+    from torch.optim.swa_utils import AveragedModel
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))  # float and int buffers
+    ref = AveragedModel(net, multi_avg_fn=ema_with_warmup(0.99), use_buffers=True)
+    ema = EMA(net, 0.99)
+    for _ in range(5):
+        net(torch.randn(2, 1, 6, 6))                 # moves the BatchNorm buffers and its counter
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        ref.update_parameters(net)
+        ema.update_parameters(net)
+    assert ema.n_averaged.device.type == "cpu"
+    a, b = ref.state_dict(), ema.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _tiny_cfg(**extra):
+    ov = {"model.preset": "tiny", "data.size": 16, "data.train_limit": 12, "train.batch_size": 4,
+          "train.steps": 6, "train.log_every": 4, "train.checkpoint_every": 100, "train.warmup_steps": 2}
+    return load_config(CONFIGS / "hsrdiff-light-gpu.toml", {**ov, **extra})
+
+
+def test_resident_data_trains_exactly_as_the_loader(packed, tmp_path):
+    data = pk.unpack(packed, tmp_path / "data")
+    runs = {}
+    for resident in (False, True):
+        out = tmp_path / f"r{int(resident)}"
+        runs[resident] = train(_tiny_cfg(**{"train.resident": resident}), out, data_root=str(data), quiet=True)
+        assert runs[resident]["step"] == 6 and len(runs[resident]["losses"]) == 6   # flushed at 4 and 6
+    assert runs[False]["losses"] == runs[True]["losses"]
+    a, b = ck.load(tmp_path / "r0" / ck.LAST), ck.load(tmp_path / "r1" / ck.LAST)
+    for k in a["ema"]:
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
+
+
+def test_deadline_stops_saves_and_resume_finishes_the_run(packed, tmp_path):
+    data = pk.unpack(packed, tmp_path / "data")
+    whole = train(_tiny_cfg(), tmp_path / "whole", data_root=str(data), quiet=True)
+    cut = train(_tiny_cfg(), tmp_path / "cut", data_root=str(data), quiet=True, deadline=time.monotonic())
+    assert cut["stopped"] == "time" and cut["step"] == 1                  # one step, then the clock
+    assert ck.load(tmp_path / "cut" / ck.LAST)["step"] == 1
+    rest = train(_tiny_cfg(), tmp_path / "cut", data_root=str(data), quiet=True, resume=True)
+    assert rest["stopped"] == "steps" and rest["step"] == 6
+    assert rest["losses"] == whole["losses"][1:]
+    a, b = ck.load(tmp_path / "whole" / ck.LAST), ck.load(tmp_path / "cut" / ck.LAST)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_non_finite_loss_is_refused_before_a_checkpoint(packed, tmp_path):
+    data = pk.unpack(packed, tmp_path / "data")
+    with pytest.raises(FloatingPointError, match="at step"):
+        train(_tiny_cfg(**{"train.lr": float("inf"), "train.checkpoint_every": 2}), tmp_path / "nan",
+              data_root=str(data), quiet=True)
+    assert not (tmp_path / "nan" / ck.LAST).exists()
+
+
+def test_campaign_end_to_end_with_tiny_presets(packed, tmp_path):
+    out, work = tmp_path / "OUT", tmp_path / "work"
+    args = ["--pack", str(packed), "--out", str(out), "--work", str(work), "--minutes", "5", "--device",
+            "cpu", "--tiny", "--score-images", "4", "--samples", "2", "--score-batch", "8"]
+    assert cp.main(args) == 0
+    doc = json.loads((out / "scores.json").read_text())
+    assert set(doc["models"]) == {"hsrdiff-light-gpu", "pgrd-2d-gpu"}
+    for name, m in doc["models"].items():
+        for stage in m["stages"].values():
+            assert stage["stopped"] == "steps" and stage["step"] == stage["total_steps"] > 0
+        assert 0 <= m["val"]["ged"]["mean"] <= 2 and m["val_images"] == 4
+    # what comes back: few files, none above the device's 16 MiB, no folder
+    files = sorted(p.name for p in out.iterdir())
+    assert all(p.is_file() and p.stat().st_size <= 16 * 2 ** 20 for p in out.iterdir()) and len(files) <= 8
+    models = cp.join(out, tmp_path / "models")
+    assert sorted(p.name for p in models) == ["hsrdiff-light-gpu", "pgrd-2d-gpu"]
+    for folder in models:
+        card = json.loads((folder / "model.json").read_text())
+        assert card["metrics"]["source"] == "diffseg evaluate" and card["metrics"]["samples"] == 2
+        assert card["metrics"]["values"]["ged"] == doc["models"][folder.name]["val"]["ged"]["mean"]
+    # a second call resumes: every stage is at its ceiling, so nothing trains and the scores repeat
+    assert cp.main(args) == 0
+    again = json.loads((out / "scores.json").read_text())
+    for name, m in again["models"].items():
+        assert m["val"]["ged"] == doc["models"][name]["val"]["ged"]
+
+
+def test_campaign_refuses_bad_input_before_work(packed, tmp_path, capsys):
+    base = ["--out", str(tmp_path / "o"), "--work", str(tmp_path / "w"), "--device", "cpu"]
+    assert cp.main(["--pack", str(tmp_path / "none.npz"), *base]) == 2
+    assert cp.main(["--pack", str(packed), "--models", "unet", *base]) == 2
+    assert cp.main(["--pack", str(packed), "--minutes", "0", *base]) == 2
+    assert "--minutes" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
