@@ -267,6 +267,21 @@ def epoch_batches(n: int, batch: int, seed: int, epoch: int, world: int, rank: i
     return [idx[i:i + batch] for i in range(0, len(idx) - batch + 1, batch)]
 
 
+def readings(batch: dict[str, Any], seed: int, step: int, world: int, rank: int) -> Tensor:
+    """One reading per item (HSRDiff Algorithm 1, line 1) from a generator of the step alone: drawn for
+    the whole global batch and split as the items are (rank r holds global positions r, r + world, ...,
+    epoch_batches), so a DDP run reads what a 1-process run with the same global batch reads. Weighted
+    choices (Cityscapes) are drawn per rank: their weights live on the rank's own items."""
+    ann = batch["annotations"]
+    if world == 1 or batch.get("weights") is not None:
+        gen = torch.Generator().manual_seed(step_seed(seed, step, rank, salt=1))
+        return pick_annotation(ann, gen, batch.get("weights"))[0]
+    gen = torch.Generator().manual_seed(step_seed(seed, step, 0, salt=1))
+    b, a = ann.shape[:2]
+    _, idx = pick_annotation(torch.zeros(b * world, a), gen)  # the global batch's draws
+    return ann[torch.arange(b), idx[rank::world].to(ann.device)]
+
+
 def collate(items: list[dict]) -> dict[str, Any]:
     out = {"image": torch.stack([it["image"] for it in items]),
            "annotations": torch.stack([it["annotations"] for it in items]),
@@ -522,8 +537,7 @@ def train(cfg: dict[str, Any], out: Path, *, data_root: str | None = None, max_s
             loader = DataLoader(train_ds, batch_sampler=batches[: stop - step], collate_fn=collate,
                                 num_workers=int(t_cfg["num_workers"]))
         for batch in loader:
-            gen = torch.Generator().manual_seed(step_seed(seed, step, rank, salt=1))
-            labels, _ = pick_annotation(batch["annotations"], gen, batch.get("weights"))
+            labels = readings(batch, seed, step, world, rank)
             torch.manual_seed(step_seed(seed, step, rank))  # timesteps, noise, dropout of this step
             for g in opt.param_groups:
                 g["lr"] = float(t_cfg["lr"]) * min(1.0, (step + 1) / max(1, int(t_cfg["warmup_steps"])))
