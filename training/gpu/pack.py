@@ -3,6 +3,7 @@ of files with a command, the lidc128 folder is 147 MiB, so the pack keeps the ce
 crop models use and bit-packs the masks.
 
     python -m training.gpu.pack --data ../shared/data/lidc128 --out .gl/lidc64.npz [--size 64]
+    python -m training.gpu.pack --data ../shared/data/lidc128 --out .gl/lidc64-val.npz --splits val
     python -m training.gpu.pack --unpack .gl/lidc64.npz --out /tmp/lidc64     # -> train.npz, val.npz
 
 The pack is one compressed npz: per split ``<split>_images`` uint8 (S, h, w), ``<split>_masks`` uint8
@@ -15,6 +16,7 @@ an item of the unpacked folder equals the item of the original at ``size = h`` b
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -56,6 +58,7 @@ def pack(data: str | Path, out: str | Path, size: int = 64, splits: tuple[str, .
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".npz", delete=False) as tmp:
         np.savez_compressed(tmp, **arrays)
+    os.chmod(tmp.name, 0o644)
     Path(tmp.name).replace(out)
     return out
 
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unpack", metavar="PACK", help="unpack PACK into the folder --out instead")
     ap.add_argument("--out", required=True, help="the pack file to write (or the folder, with --unpack)")
     ap.add_argument("--size", type=int, default=64, help="centre-crop size (default 64, as the crop models)")
+    ap.add_argument("--splits", default="train,val", help="which splits (val alone: 5 MiB, for the benchmark)")
     args = ap.parse_args(argv)
     try:
         if args.unpack:
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.data:
             raise ValueError("--data is required to make a pack")
-        out = pack(args.data, args.out, args.size)
+        out = pack(args.data, args.out, args.size, tuple(s.strip() for s in args.splits.split(",") if s.strip()))
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
