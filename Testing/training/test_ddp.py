@@ -78,6 +78,7 @@ def test_ddp_two_processes_match_one_with_the_same_global_batch(lidc_root, tmp_p
     assert all(k.endswith(".bias") for k in noise) and len(noise) < len(names) // 3, noise
     moved = max(float((a["model"][k] - start["model"][k]).abs().max()) for k in names)
     diff = {k: float((a["model"][k] - b["model"][k]).abs().max()) for k in names if k not in noise}
+    print(f"unet 2 vs 1 process: max |diff| {max(diff.values()):.3g}, moved {moved:.3g}, noise {sorted(noise)}")
     assert moved > 1e-3                      # the weights did move: the comparison means something
     assert max(diff.values()) < 2e-5, f"2 processes differ from 1 by {diff} (the weights moved by {moved})"
     for k in diff:
@@ -90,6 +91,7 @@ def test_ddp_diffusion_trains_within_the_updates_size(lidc_root, tmp_path):
     keys = [k for k in a["model"] if a["model"][k].is_floating_point()]
     moved = torch.cat([(a["model"][k] - start["model"][k]).flatten() for k in keys]).norm()
     diff = torch.cat([(a["model"][k] - b["model"][k]).flatten() for k in keys]).norm()
+    print(f"hsrdiff 2 vs 1 process: |diff| {float(diff):.4g}, |update| {float(moved):.4g}")
     assert torch.isfinite(diff) and moved > 0
     # other timesteps and noise per rank: the same kind of step, not the same numbers
     assert diff < moved, f"|2-proc - 1-proc| = {diff:.3g} vs the update {moved:.3g}"

@@ -148,6 +148,16 @@ def test_campaign_end_to_end_with_tiny_presets(packed, tmp_path):
     again = json.loads((out / "scores.json").read_text())
     for name, m in again["models"].items():
         assert m["val"]["ged"] == doc["models"][name]["val"]["ged"]
+    # a fresh machine: warm start from the folders that came back (PGRD's prior taken from its model)
+    fresh = tmp_path / "fresh"
+    assert cp.main([*args[:4], "--work", str(fresh), *args[6:], "--models", "pgrd",
+                    "--init-from", str(tmp_path / "models")]) == 0
+    warm = json.loads((out / "scores.json").read_text())["models"]["pgrd-2d-gpu"]["stages"]
+    assert warm["prior"] == {"from": str(tmp_path / "models" / "pgrd-2d-gpu")} and warm["diffusion"]["step"] > 0
+    from safetensors.torch import load_file
+    exported = load_file(str(tmp_path / "models" / "pgrd-2d-gpu" / "model.safetensors"))
+    prior = ck.load(fresh / "pgrd-2d-gpu" / "prior" / ck.BEST)["weights"]
+    assert prior and all(torch.equal(v, exported["prior." + k].float()) for k, v in prior.items())
 
 
 def test_campaign_refuses_bad_input_before_work(packed, tmp_path, capsys):
