@@ -267,19 +267,18 @@ def epoch_batches(n: int, batch: int, seed: int, epoch: int, world: int, rank: i
     return [idx[i:i + batch] for i in range(0, len(idx) - batch + 1, batch)]
 
 
-def readings(batch: dict[str, Any], seed: int, step: int, world: int, rank: int) -> Tensor:
-    """One reading per item (HSRDiff Algorithm 1, line 1) from a generator of the step alone: drawn for
-    the whole global batch and split as the items are (rank r holds global positions r, r + world, ...,
-    epoch_batches), so a DDP run reads what a 1-process run with the same global batch reads. Weighted
-    choices (Cityscapes) are drawn per rank: their weights live on the rank's own items."""
-    ann = batch["annotations"]
-    if world == 1 or batch.get("weights") is not None:
+def reading_choice(items: int, readings: int, seed: int, step: int, world: int, rank: int,
+                   weights: Tensor | None = None) -> Tensor:
+    """Which reading each of this rank's ``items`` trains on at ``step`` (HSRDiff Algorithm 1, line 1),
+    (items,) on the CPU. Drawn from a generator of the step alone for the whole global batch and split as
+    the items are (rank r holds global positions r, r + world, ..., epoch_batches), so a DDP run reads what
+    a 1-process run with the same global batch reads. Weighted choices (Cityscapes) are drawn per rank:
+    their weights live on the rank's own items."""
+    if world == 1 or weights is not None:
         gen = torch.Generator().manual_seed(step_seed(seed, step, rank, salt=1))
-        return pick_annotation(ann, gen, batch.get("weights"))[0]
+        return pick_annotation(torch.zeros(items, readings), gen, weights)[1]
     gen = torch.Generator().manual_seed(step_seed(seed, step, 0, salt=1))
-    b, a = ann.shape[:2]
-    _, idx = pick_annotation(torch.zeros(b * world, a), gen)  # the global batch's draws
-    return ann[torch.arange(b), idx[rank::world].to(ann.device)]
+    return pick_annotation(torch.zeros(items * world, readings), gen)[1][rank::world]
 
 
 def collate(items: list[dict]) -> dict[str, Any]:
@@ -378,7 +377,9 @@ def init_from_model(net: nn.Module, folder: str | os.PathLike) -> None:
 class Resident:
     """The whole training split as device tensors (``train.resident``): a step indexes them instead of
     collating items on the host and copying them over, which on a GPU costs more than a small
-    network's step. The batches, readings and values are the DataLoader path's (tested bit for bit)."""
+    network's step. The item and reading indices of a run of steps are copied over once (``plan``), so
+    a step makes no host-device copy and no sync. The batches, readings and values are the DataLoader
+    path's (tested bit for bit)."""
 
     def __init__(self, dataset: Any, dev: torch.device):
         items = [dataset[i] for i in range(len(dataset))]
@@ -388,16 +389,22 @@ class Resident:
         self.annotations = (ann.to(torch.uint8) if small else ann).to(dev)
         self.dtype = ann.dtype
         self.weights = torch.stack([it["weights"] for it in items]) if "weights" in items[0] else None
-        self.ids = [it["id"] for it in items]
 
-    def batch(self, indices: list[int]) -> dict[str, Any]:
-        idx = torch.tensor(indices, dtype=torch.long)
-        out = {"image": self.image[idx.to(self.image.device)],
-               "annotations": self.annotations[idx.to(self.image.device)].to(self.dtype),
-               "id": [self.ids[i] for i in indices]}
-        if self.weights is not None:
-            out["weights"] = self.weights[idx]
-        return out
+    def plan(self, batches: list[list[int]], first_step: int, seed: int, world: int, rank: int
+             ) -> Any:
+        """(image, labels) of each step of ``batches`` (the steps from ``first_step`` on), lazily."""
+        dev = self.image.device
+        items = torch.tensor(batches, dtype=torch.long)                               # (S, b)
+        a = self.annotations.shape[1]
+        choice = torch.stack([reading_choice(len(b), a, seed, first_step + j, world, rank,
+                                             None if self.weights is None else self.weights[b])
+                              for j, b in enumerate(batches)])
+        pinned = dev.type == "cuda"
+        both = torch.stack([items, choice])
+        both = both.pin_memory().to(dev, non_blocking=True) if pinned else both.to(dev)
+        for j in range(len(batches)):
+            idx, pick = both[0, j], both[1, j]
+            yield self.image[idx], self.annotations[idx, pick].to(self.dtype)  # reading pick[i] of item i
 
 
 def compiled(step_fn: nn.Module, mode: str) -> nn.Module:
@@ -447,8 +454,10 @@ def train(cfg: dict[str, Any], out: Path, *, data_root: str | None = None, max_s
     net = task.net
     if cfg["model"]["init_from"] and not (resume and (out / ck.LAST).exists()):
         init_from_model(net, cfg["model"]["init_from"])
+    # channels-last: (B, H, W, C) in memory for 2D networks, (B, D, H, W, C) for 3D ones
+    layout = torch.channels_last_3d if arch.get("spatial_dims") == 3 else torch.channels_last
     if t_cfg["channels_last"]:
-        net.to(memory_format=torch.channels_last)
+        net.to(memory_format=layout)
     net.train()
     ema = EMA(net, float(t_cfg["ema_decay"]))
     opt_cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[t_cfg["optimizer"].lower()]
@@ -532,18 +541,23 @@ def train(cfg: dict[str, Any], out: Path, *, data_root: str | None = None, max_s
         epoch, offset = divmod(step, per_epoch)
         batches = epoch_batches(len(train_ds), local_bs, seed, epoch, world, rank)[offset:]
         if resident is not None:
-            loader = (resident.batch(b) for b in batches[: stop - step])
+            loader = resident.plan(batches[: stop - step], step, seed, world, rank)
         else:
             loader = DataLoader(train_ds, batch_sampler=batches[: stop - step], collate_fn=collate,
                                 num_workers=int(t_cfg["num_workers"]))
         for batch in loader:
-            labels = readings(batch, seed, step, world, rank)
+            if resident is not None:
+                image, labels = batch
+            else:
+                ann = batch["annotations"]
+                pick = reading_choice(ann.shape[0], ann.shape[1], seed, step, world, rank, batch.get("weights"))
+                labels, image = ann[torch.arange(ann.shape[0]), pick], batch["image"]
             torch.manual_seed(step_seed(seed, step, rank))  # timesteps, noise, dropout of this step
             for g in opt.param_groups:
                 g["lr"] = float(t_cfg["lr"]) * min(1.0, (step + 1) / max(1, int(t_cfg["warmup_steps"])))
-            image = batch["image"].to(dev)
-            if t_cfg["channels_last"] and image.dim() == 4:
-                image = image.contiguous(memory_format=torch.channels_last)
+            image = image.to(dev)
+            if t_cfg["channels_last"]:
+                image = image.contiguous(memory_format=layout)
             with amp:
                 parts = step_fn(image, labels.to(dev))
             loss = parts["loss"]

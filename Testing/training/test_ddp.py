@@ -4,7 +4,7 @@ a 1-process run.
 What differs between the two, and why the match holds: the items of a global step are the same
 (DistributedSampler's share r, r + 2, ... of the epoch's permutation, cut into half batches, is the
 1-process batch split in two), the readings are drawn for the global batch from a generator of the step
-(train.readings), the loss is a mean over equal halves and DDP averages the halves' gradients: the
+(train.reading_choice), the loss is a mean over equal halves and DDP averages the halves' gradients: the
 update is the 1-process update up to float summation order. So a deterministic loss (the U-Net
 baseline: no dropout, instance norm) matches to float rounding: after 4 Adam steps at lr 1e-3 the weights
 agree within 2e-5 (measured at most 9e-8 on 2 cores), except the parameters whose gradient is zero up to

@@ -107,7 +107,8 @@ def configs(key: str, tiny: bool) -> list[tuple[str, dict[str, Any]]]:
 
 
 def run_model(key: str, work: Path, data: Path, minutes: float, device: str, *, tiny: bool = False,
-              compile_mode: str = "", init_from: Path | None = None, log=print) -> dict[str, Any]:
+              compile_mode: str = "", init_from: Path | None = None, sync_debug: bool = False, log=print
+              ) -> dict[str, Any]:
     """Train one model's stages, each until its share of ``minutes`` (or its ceiling) is reached."""
     name, shares = MODELS[key]
     run = work / name
@@ -127,8 +128,14 @@ def run_model(key: str, work: Path, data: Path, minutes: float, device: str, *, 
             cfg["model"]["init_from"] = str(warm)
         budget = 60 * minutes * shares[stage]
         t0 = time.monotonic()
-        result = train(cfg, out, data_root=str(data), resume=True, device=device, quiet=True,
-                       deadline=t0 + budget, command=f"python -m training.gpu.campaign ({stage})")
+        if sync_debug:  # each place that makes the host wait for the GPU, reported once (stderr)
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            result = train(cfg, out, data_root=str(data), resume=True, device=device, quiet=True,
+                           deadline=t0 + budget, command=f"python -m training.gpu.campaign ({stage})")
+        finally:
+            if sync_debug:
+                torch.cuda.set_sync_debug_mode("default")
         seconds = time.monotonic() - t0
         tail = result["losses"][-50:]
         report["stages"][stage] = {"step": result["step"], "total_steps": result["total"],
@@ -169,7 +176,8 @@ def score(model: Path, val: Path, out: Path, device: str, images: int, samples: 
 
 def campaign(pack: Path, out: Path, minutes: float, *, work: Path, device: str, models: list[str],
              score_images: int = 512, samples: int = 16, score_batch: int = 1024, tiny: bool = False,
-             compile_mode: str = "", init_from: Path | None = None, log=print) -> dict[str, Any]:
+             compile_mode: str = "", init_from: Path | None = None, sync_debug: bool = False, log=print
+             ) -> dict[str, Any]:
     """The whole call; returns (and writes to ``<out>/scores.json``) what was trained and scored."""
     start = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
@@ -194,7 +202,7 @@ def campaign(pack: Path, out: Path, minutes: float, *, work: Path, device: str, 
     for key in models:
         name = MODELS[key][0]
         doc["models"][name] = run_model(key, work, data, minutes, device, tiny=tiny, compile_mode=compile_mode,
-                                        init_from=init_from, log=log)
+                                        init_from=init_from, sync_debug=sync_debug, log=log)
         folders[name] = export_run(work / name, work / "models" / name, half=True)
         doc["models"][name]["parts"] = [p.name for p in send(folders[name], out)]
         doc["models"][name]["mib"] = round(sum(f.stat().st_size for f in folders[name].iterdir()) / 2 ** 20, 2)
@@ -229,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--score-batch", type=int, default=1024, help="(image, sample) pairs per network call")
     ap.add_argument("--compile", default="", help="torch.compile mode for training (default: eager)")
     ap.add_argument("--init-from", help="a folder of model folders from an earlier call (warm start)")
+    ap.add_argument("--sync-debug", action="store_true",
+                    help="CUDA: report each place in training where the host waits for the GPU (once each)")
     ap.add_argument("--tiny", action="store_true", help="the tests' tiny presets (seconds on a CPU)")
     ap.add_argument("--join", metavar="FOLDER", help="put the model folders of FOLDER's .tar.NN parts back")
     ap.add_argument("--into", default="runs/gpu-models", help="where --join writes the model folders")
@@ -256,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         campaign(Path(args.pack), Path(args.out), args.minutes, work=Path(args.work), device=args.device,
                  models=models, score_images=args.score_images, samples=args.samples,
                  score_batch=args.score_batch, tiny=args.tiny, compile_mode=args.compile, init_from=init,
+                 sync_debug=args.sync_debug and args.device.startswith("cuda"),
                  log=lambda m: print(m, flush=True))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
