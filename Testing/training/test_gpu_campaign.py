@@ -6,6 +6,8 @@ presets into a folder that --join turns back into model folders the engine score
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +21,8 @@ from training.gpu import campaign as cp
 from training.gpu import pack as pk
 from training.train import EMA, ema_with_warmup, load_config, train
 
-CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "training" / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +126,18 @@ def test_non_finite_loss_is_refused_before_a_checkpoint(packed, tmp_path):
     assert not (tmp_path / "nan" / ck.LAST).exists()
 
 
+NO_SITK = "import sys; sys.modules['SimpleITK'] = None; "   # the device machine has no SimpleITK
+
+
 def test_campaign_end_to_end_with_tiny_presets(packed, tmp_path):
     out, work = tmp_path / "OUT", tmp_path / "work"
     args = ["--pack", str(packed), "--out", str(out), "--work", str(work), "--minutes", "5", "--device",
             "cpu", "--tiny", "--score-images", "4", "--samples", "2", "--score-batch", "8"]
-    assert cp.main(args) == 0
+    # the first call as on the device: a fresh interpreter where SimpleITK cannot be imported
+    code = NO_SITK + f"from training.gpu.campaign import main; sys.exit(main({args!r}))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SimpleITK is missing here" in proc.stderr
     doc = json.loads((out / "scores.json").read_text())
     assert set(doc["models"]) == {"hsrdiff-light-gpu", "pgrd-2d-gpu"}
     for name, m in doc["models"].items():
@@ -158,6 +168,18 @@ def test_campaign_end_to_end_with_tiny_presets(packed, tmp_path):
     exported = load_file(str(tmp_path / "models" / "pgrd-2d-gpu" / "model.safetensors"))
     prior = ck.load(fresh / "pgrd-2d-gpu" / "prior" / ck.BEST)["weights"]
     assert prior and all(torch.equal(v, exported["prior." + k].float()) for k, v in prior.items())
+
+
+def test_device_runner_lets_the_engine_import_without_simpleitk():
+    code = NO_SITK + (
+        "from training.gpu.device import allow_missing_simpleitk; assert allow_missing_simpleitk(); "
+        "from DiffSegUncertaintyLib.engine import volumes\n"
+        "try:\n    volumes.sitk.ReadImage('x.nii.gz')\nexcept ImportError as e:\n    print(e)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "SimpleITK.ReadImage: SimpleITK is not installed" in proc.stdout
+    from training.gpu.device import allow_missing_simpleitk
+    assert allow_missing_simpleitk() is False          # installed here: nothing changes
 
 
 def test_campaign_refuses_bad_input_before_work(packed, tmp_path, capsys):

@@ -37,6 +37,7 @@ from .. import checkpoint as ck
 from ..export import export_run
 from ..train import hardware, load_config, stage_config, train
 from . import pack as packmod
+from .device import allow_missing_simpleitk
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: the campaign's models: key -> (config, share of the training minutes per stage)
@@ -225,6 +226,9 @@ def campaign(pack: Path, out: Path, minutes: float, *, work: Path, device: str, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    if allow_missing_simpleitk():  # the device machine: diffseg evaluate imports it, never uses it here
+        print("note: SimpleITK is missing here: a placeholder takes its name (training/gpu/device.py)",
+              file=sys.stderr)
     ap = argparse.ArgumentParser(prog="python -m training.gpu.campaign", description=__doc__.split("\n\n")[0])
     ap.add_argument("--pack", help="the data pack (python -m training.gpu.pack)")
     ap.add_argument("--out", help="the folder that comes back ($OUT on the device machine)")
