@@ -189,3 +189,14 @@ def test_campaign_refuses_bad_input_before_work(packed, tmp_path, capsys):
     assert cp.main(["--pack", str(packed), "--minutes", "0", *base]) == 2
     assert "--minutes" in capsys.readouterr().err
     assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
+
+
+def test_plan_deadlines_are_cumulative_shares_of_the_minutes():
+    p = cp.Plan(["hsrdiff", "pgrd"], 10, 100.0)
+    # shares 0.45, 0.10, 0.45 of 600 s: ends at 270, 330, 600 s after the start
+    assert p.deadline("hsrdiff", "train") == pytest.approx(370.0)
+    assert p.deadline("pgrd", "prior") == pytest.approx(430.0)
+    assert p.deadline("pgrd", "diffusion") == pytest.approx(700.0)
+    alone = cp.Plan(["pgrd"], 10, 0.0)                    # PGRD alone gets every minute: 0.10 / 0.55
+    assert alone.deadline("pgrd", "prior") == pytest.approx(600 * 0.10 / 0.55)
+    assert alone.deadline("pgrd", "diffusion") == pytest.approx(600.0)

@@ -91,6 +91,23 @@ def join(folder: Path, into: Path) -> list[Path]:
 
 # -- training ------------------------------------------------------------------------------------
 
+class Plan:
+    """Cumulative deadlines: stage i of the chosen models ends at start + minutes x (its share and the
+    shares before it) / (all chosen shares), so a stage that stops early (its ceiling) leaves its time to
+    the next ones, and ``--models pgrd`` alone gets all the minutes."""
+
+    def __init__(self, models: list[str], minutes: float, start: float):
+        self.order = [(k, st) for k in models for st in MODELS[k][1]]
+        total = sum(MODELS[k][1][st] for k, st in self.order)
+        self.ends, acc = {}, 0.0
+        for k, st in self.order:
+            acc += MODELS[k][1][st]
+            self.ends[(k, st)] = start + 60 * minutes * acc / total
+
+    def deadline(self, key: str, stage: str) -> float:
+        return self.ends[(key, stage)]
+
+
 def configs(key: str, tiny: bool) -> list[tuple[str, dict[str, Any]]]:
     """The (stage, config) pairs of one model; ``tiny``: the tests' preset (seconds on a CPU)."""
     name, _ = MODELS[key]
@@ -107,11 +124,11 @@ def configs(key: str, tiny: bool) -> list[tuple[str, dict[str, Any]]]:
     return [("train", cfg)]
 
 
-def run_model(key: str, work: Path, data: Path, minutes: float, device: str, *, tiny: bool = False,
+def run_model(key: str, work: Path, data: Path, plan: "Plan", device: str, *, tiny: bool = False,
               compile_mode: str = "", init_from: Path | None = None, sync_debug: bool = False, log=print
               ) -> dict[str, Any]:
-    """Train one model's stages, each until its share of ``minutes`` (or its ceiling) is reached."""
-    name, shares = MODELS[key]
+    """Train one model's stages, each until its deadline in ``plan`` (or its ceiling)."""
+    name, _ = MODELS[key]
     run = work / name
     report: dict[str, Any] = {"config": name, "stages": {}}
     for stage, cfg in configs(key, tiny):
@@ -127,13 +144,13 @@ def run_model(key: str, work: Path, data: Path, minutes: float, device: str, *, 
                 report["stages"][stage] = {"from": str(warm)}
                 continue
             cfg["model"]["init_from"] = str(warm)
-        budget = 60 * minutes * shares[stage]
+        deadline = plan.deadline(key, stage)
         t0 = time.monotonic()
         if sync_debug:  # each place that makes the host wait for the GPU, reported once (stderr)
             torch.cuda.set_sync_debug_mode("warn")
         try:
             result = train(cfg, out, data_root=str(data), resume=True, device=device, quiet=True,
-                           deadline=t0 + budget, command=f"python -m training.gpu.campaign ({stage})")
+                           deadline=deadline, command=f"python -m training.gpu.campaign ({stage})")
         finally:
             if sync_debug:
                 torch.cuda.set_sync_debug_mode("default")
@@ -141,7 +158,9 @@ def run_model(key: str, work: Path, data: Path, minutes: float, device: str, *, 
         tail = result["losses"][-50:]
         report["stages"][stage] = {"step": result["step"], "total_steps": result["total"],
                                    "stopped": result["stopped"], "seconds": round(seconds, 1),
-                                   "budget_s": round(budget, 1),
+                                   "steps_this_call": len(result["losses"]),
+                                   "steps_per_s": round(len(result["losses"]) / max(seconds, 1e-9), 2),
+                                   "deadline_s": round(deadline - t0, 1),
                                    "loss_last50": float(sum(tail) / len(tail)) if tail else None}
         log(f"{name} {stage}: step {result['step']}/{result['total']} ({result['stopped']}) in {seconds:.0f} s")
     return report
@@ -200,9 +219,10 @@ def campaign(pack: Path, out: Path, minutes: float, *, work: Path, device: str, 
         tmp.replace(out / SCORES)
 
     folders: dict[str, Path] = {}
+    plan = Plan(models, minutes, time.monotonic())
     for key in models:
         name = MODELS[key][0]
-        doc["models"][name] = run_model(key, work, data, minutes, device, tiny=tiny, compile_mode=compile_mode,
+        doc["models"][name] = run_model(key, work, data, plan, device, tiny=tiny, compile_mode=compile_mode,
                                         init_from=init_from, sync_debug=sync_debug, log=log)
         folders[name] = export_run(work / name, work / "models" / name, half=True)
         doc["models"][name]["parts"] = [p.name for p in send(folders[name], out)]
