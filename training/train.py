@@ -644,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg["seed"] = args.seed
         out = Path(args.out or Path("runs") / cfg["name"])
         command = " ".join(shlex.quote(a) for a in ["python", "-m", "training.train", *(argv or sys.argv[1:])])
+        if args.max_minutes is not None and not (args.max_minutes > 0 and math.isfinite(args.max_minutes)):
+            raise ValueError(f"--max-minutes {args.max_minutes}: must be a positive number")
         deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
         result = train(cfg, out, data_root=args.data, max_steps=args.max_steps, resume=args.resume,
                        device=args.device, command=command, quiet=args.quiet, deadline=deadline)

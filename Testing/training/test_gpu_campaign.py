@@ -118,6 +118,18 @@ def test_deadline_stops_saves_and_resume_finishes_the_run(packed, tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
+def test_max_minutes_on_the_command_line(packed, tmp_path, capsys):
+    from training.train import main
+    data = pk.unpack(packed, tmp_path / "data")
+    base = ["--config", str(CONFIGS / "hsrdiff-light-gpu.toml"), "--data", str(data), "--quiet",
+            "--override", 'model.preset="tiny"', "--override", "data.size=16", "--override", "data.train_limit=8",
+            "--override", "train.batch_size=4", "--override", "train.steps=3"]
+    assert main([*base, "--out", str(tmp_path / "bad"), "--max-minutes", "0"]) == 2
+    assert "--max-minutes" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main([*base, "--out", str(tmp_path / "ok"), "--max-minutes", "5"]) == 0   # 3 steps fit in 5 min
+    assert ck.load(tmp_path / "ok" / ck.LAST)["step"] == 3
+
+
 def test_non_finite_loss_is_refused_before_a_checkpoint(packed, tmp_path):
     data = pk.unpack(packed, tmp_path / "data")
     with pytest.raises(FloatingPointError, match="at step"):
