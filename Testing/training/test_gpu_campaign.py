@@ -212,3 +212,24 @@ def test_plan_deadlines_are_cumulative_shares_of_the_minutes():
     alone = cp.Plan(["pgrd"], 10, 0.0)                    # PGRD alone gets every minute: 0.10 / 0.55
     assert alone.deadline("pgrd", "prior") == pytest.approx(600 * 0.10 / 0.55)
     assert alone.deadline("pgrd", "diffusion") == pytest.approx(600.0)
+
+
+def test_a_failing_model_does_not_cost_the_other(packed, tmp_path, monkeypatch):
+    """A GPU failure (out of memory, a kernel error: they cannot happen on this CPU, so it is raised
+    here) in PGRD's training is recorded; HSRDiff is still exported, scored and returned, and the exit
+    code says that something failed."""
+    real = cp.run_model
+
+    def run_model(key, *a, **kw):
+        if key == "pgrd":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(key, *a, **kw)
+
+    monkeypatch.setattr(cp, "run_model", run_model)
+    out = tmp_path / "OUT"
+    assert cp.main(["--pack", str(packed), "--out", str(out), "--work", str(tmp_path / "w"), "--device", "cpu",
+                    "--tiny", "--score-images", "2", "--samples", "2", "--models", "pgrd,hsrdiff"]) == 1
+    doc = json.loads((out / "scores.json").read_text())
+    assert doc["failed"] and "CUDA out of memory (simulated)" in doc["models"]["pgrd-2d-gpu"]["error"]
+    assert doc["models"]["hsrdiff-light-gpu"]["val_images"] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["hsrdiff-light-gpu.tar.00", "scores.json"]

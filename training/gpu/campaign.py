@@ -28,6 +28,7 @@ import shutil
 import sys
 import tarfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -218,20 +219,38 @@ def campaign(pack: Path, out: Path, minutes: float, *, work: Path, device: str, 
         tmp.write_text(json.dumps(doc, indent=1))
         tmp.replace(out / SCORES)
 
+    def failed(name: str, what: str) -> None:
+        """One model's failure (a GPU error, say) is recorded and the call goes on with the others."""
+        doc["models"].setdefault(name, {})["error"] = f"{what}: {traceback.format_exc(limit=-3)}"
+        doc["failed"] = True
+        log(f"{name}: {what} failed:\n{traceback.format_exc()}")
+        write()
+
     folders: dict[str, Path] = {}
     plan = Plan(models, minutes, time.monotonic())
     for key in models:
         name = MODELS[key][0]
-        doc["models"][name] = run_model(key, work, data, plan, device, tiny=tiny, compile_mode=compile_mode,
-                                        init_from=init_from, sync_debug=sync_debug, log=log)
-        folders[name] = export_run(work / name, work / "models" / name, half=True)
+        warm = init_from if init_from and (init_from / name).is_dir() else None
+        if init_from and not warm:
+            log(f"{name}: no {init_from / name}: trained from scratch")
+        try:
+            doc["models"][name] = run_model(key, work, data, plan, device, tiny=tiny, compile_mode=compile_mode,
+                                            init_from=warm, sync_debug=sync_debug, log=log)
+            folders[name] = export_run(work / name, work / "models" / name, half=True)
+        except Exception:  # noqa: BLE001 - recorded in scores.json; the next model still gets its minutes
+            failed(name, "training")
+            continue
         doc["models"][name]["parts"] = [p.name for p in send(folders[name], out)]
         doc["models"][name]["mib"] = round(sum(f.stat().st_size for f in folders[name].iterdir()) / 2 ** 20, 2)
         write()
     for name, folder in folders.items():
         t0 = time.monotonic()
-        metrics = score(folder, data / "val.npz", work / "scores" / name, device, score_images, samples,
-                        score_batch)
+        try:
+            metrics = score(folder, data / "val.npz", work / "scores" / name, device, score_images, samples,
+                            score_batch)
+        except Exception:  # noqa: BLE001
+            failed(name, "scoring")
+            continue
         doc["models"][name]["val"] = {k: v for k, v in metrics["summary"].items()}
         doc["models"][name]["val_images"] = metrics["num_images"]
         doc["models"][name]["score_s"] = round(time.monotonic() - t0, 1)
@@ -287,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         init = Path(args.init_from) if args.init_from else None
         if init and not init.is_dir():
             raise FileNotFoundError(f"--init-from {init} is not a folder")
-        campaign(Path(args.pack), Path(args.out), args.minutes, work=Path(args.work), device=args.device,
+        doc = campaign(Path(args.pack), Path(args.out), args.minutes, work=Path(args.work), device=args.device,
                  models=models, score_images=args.score_images, samples=args.samples,
                  score_batch=args.score_batch, tiny=args.tiny, compile_mode=args.compile, init_from=init,
                  sync_debug=args.sync_debug and args.device.startswith("cuda"),
@@ -295,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if doc.get("failed"):
+        print(f"error: a model failed; see {Path(args.out) / SCORES} and the log", file=sys.stderr)
+        return 1
     return 0
 
 
