@@ -170,6 +170,7 @@ def test_campaign_end_to_end_with_tiny_presets(packed, tmp_path):
     again = json.loads((out / "scores.json").read_text())
     for name, m in again["models"].items():
         assert m["val"]["ged"] == doc["models"][name]["val"]["ged"]
+    assert again["models"]["pgrd-2d-gpu"]["stages"]["prior"] == {"skipped": "the denoiser has started on this prior"}
     # a fresh machine: warm start from the folders that came back (PGRD's prior taken from its model)
     fresh = tmp_path / "fresh"
     assert cp.main([*args[:4], "--work", str(fresh), *args[6:], "--models", "pgrd",

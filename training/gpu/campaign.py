@@ -8,9 +8,10 @@
 What one call does, in an order that keeps what is done when the call is cut short:
 1. unpacks the data pack (training/gpu/pack.py) into ``<work>/data`` (the lidc128 layout);
 2. trains HSRDiff-light (configs/hsrdiff-light-gpu.toml), then PGRD 2D's prior and denoiser
-   (configs/pgrd-2d-gpu.toml), each through training/train.py with its share of ``--minutes`` of wall clock
-   (``train(..., deadline=)``), resuming from ``<work>/<name>/last.pt`` when an earlier call left one
-   (the device machine keeps ignored folders while it stays warm);
+   (configs/pgrd-2d-gpu.toml), each through training/train.py until its deadline (``Plan``: cumulative
+   shares of ``--minutes``; ``train(..., deadline=)``), resuming from ``<work>/<name>/last.pt`` when an
+   earlier call left one (the device machine keeps ignored folders while it stays warm); PGRD's prior is
+   not trained further once its denoiser has started;
 3. exports each as a float16 model folder and puts it into ``--out`` as a tar cut into parts of at most
    15 MiB (the device returns at most 8 files of 16 MiB; HSRDiff-light is 24.6 MiB and PGRD 2D 33.3 MiB
    in float16), so ``--join`` here puts the folders back;
@@ -138,6 +139,11 @@ def run_model(key: str, work: Path, data: Path, plan: "Plan", device: str, *, ti
             cfg["model"]["prior_run"] = str(run / "prior")
         if compile_mode:
             cfg["train"]["compile"] = compile_mode
+        if stage == "prior" and (run / ck.LAST).exists():
+            # the denoiser has started on this prior: training the prior further would change, under a
+            # half-trained denoiser, the prediction its residual is taken from (PGRD: the prior is frozen)
+            report["stages"][stage] = {"skipped": "the denoiser has started on this prior"}
+            continue
         warm = init_from / name if init_from else None
         if warm and not (out / ck.LAST).exists():
             if stage == "prior":  # the exported PGRD holds its prior: make it this stage's result
