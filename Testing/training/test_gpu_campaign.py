@@ -155,6 +155,8 @@ def test_campaign_end_to_end_with_tiny_presets(packed, tmp_path):
     for name, m in doc["models"].items():
         for stage in m["stages"].values():
             assert stage["stopped"] == "steps" and stage["step"] == stage["total_steps"] > 0
+            assert stage["gflop_per_sample"] > 0 and stage["tflop_per_s"] == pytest.approx(
+                stage["steps_per_s"] * stage["batch"] * stage["gflop_per_sample"] / 1000, rel=0.01)
         assert 0 <= m["val"]["ged"]["mean"] <= 2 and m["val_images"] == 4
     # what comes back: few files, none above the device's 16 MiB, no folder
     files = sorted(p.name for p in out.iterdir())

@@ -163,14 +163,46 @@ def run_model(key: str, work: Path, data: Path, plan: "Plan", device: str, *, ti
                 torch.cuda.set_sync_debug_mode("default")
         seconds = time.monotonic() - t0
         tail = result["losses"][-50:]
+        flops = flops_per_sample(cfg)
+        rate = len(result["losses"]) / max(seconds, 1e-9)
         report["stages"][stage] = {"step": result["step"], "total_steps": result["total"],
                                    "stopped": result["stopped"], "seconds": round(seconds, 1),
                                    "steps_this_call": len(result["losses"]),
-                                   "steps_per_s": round(len(result["losses"]) / max(seconds, 1e-9), 2),
+                                   "steps_per_s": float(f"{rate:.4g}"), "batch": int(cfg["train"]["batch_size"]),
+                                   "gflop_per_sample": float(f"{flops / 1e9:.4g}"),
+                                   "tflop_per_s": float(f"{rate * int(cfg['train']['batch_size']) * flops / 1e12:.4g}"),
                                    "deadline_s": round(deadline - t0, 1),
                                    "loss_last50": float(sum(tail) / len(tail)) if tail else None}
         log(f"{name} {stage}: step {result['step']}/{result['total']} ({result['stopped']}) in {seconds:.0f} s")
     return report
+
+
+def flops_per_sample(cfg: dict[str, Any]) -> float:
+    """FLOPs of one training sample (loss forward + backward, ``FlopCounterMode``: convolutions, matmuls,
+    attention) of a stage's network at the config's input size, counted on the CPU with batch 2, so that
+    steps per second give the achieved FLOP/s on the device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from DiffSegUncertaintyLib.engine import registry
+
+    from ..train import model_config
+
+    size = int(cfg["data"]["size"])
+    dims = type("Dims", (), {"spatial_dims": 2, "in_channels": 1, "num_classes": 2})  # LIDC slices
+    arch = model_config(cfg, dims)
+    model = registry.build_model(cfg["model"]["method"], arch)
+    net = model.prior if cfg["model"].get("stage") == "prior" else model
+    if net is not model:
+        loss = net.loss
+    else:
+        if getattr(model, "prior", None) is not None:
+            model.freeze_prior()   # the denoiser stage: the prior runs forward only
+        loss = model.loss
+    x = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
+    y = (x > 0.7).long()[:, 0]
+    with FlopCounterMode(display=False) as counter:
+        loss(x, y)["loss"].backward()
+    return counter.get_total_flops() / 2
 
 
 def prior_from_model(folder: Path, out: Path, cfg: dict[str, Any]) -> None:
@@ -279,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="the folder that comes back ($OUT on the device machine)")
     ap.add_argument("--minutes", type=float, default=8.0, help="wall-clock minutes of training, all models")
     ap.add_argument("--work", default="runs/gpu-campaign", help="checkpoints and data (kept while warm)")
-    ap.add_argument("--models", default="hsrdiff,pgrd", help="which, in order: hsrdiff, pgrd")
+    ap.add_argument("--models", default="pgrd,hsrdiff",
+                    help="which, in order (default pgrd,hsrdiff: PGRD may reach its ceiling early and leave "
+                         "its time to HSRDiff)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--score-images", type=int, default=512, help="val slices scored, evenly spaced (0: all)")
     ap.add_argument("--samples", type=int, default=16, help="hypotheses per val slice (the N of GED_N)")
