@@ -1,14 +1,14 @@
 """One device call that trains, exports and scores the papers' 2D presets (issue 15; docs/training.md,
 "GPU campaign").
 
-    python -m training.gpu.campaign --pack .gl/lidc64.npz --out $OUT --minutes 8 [--work runs/gpu-campaign]
-        [--models hsrdiff,pgrd] [--score-images 512] [--compile default] [--init-from DIR]
+    python -m training.gpu.campaign --pack .gl/lidc64.npz --out $OUT --minutes 6 [--work runs/gpu-campaign]
+        [--models pgrd,hsrdiff] [--score-images 512] [--compile default] [--init-from DIR]
     python -m training.gpu.campaign --join <folder that came back> --into runs/gpu-models
 
 What one call does, in an order that keeps what is done when the call is cut short:
 1. unpacks the data pack (training/gpu/pack.py) into ``<work>/data`` (the lidc128 layout);
-2. trains HSRDiff-light (configs/hsrdiff-light-gpu.toml), then PGRD 2D's prior and denoiser
-   (configs/pgrd-2d-gpu.toml), each through training/train.py until its deadline (``Plan``: cumulative
+2. trains PGRD 2D's prior and denoiser (configs/pgrd-2d-gpu.toml), then HSRDiff-light
+   (configs/hsrdiff-light-gpu.toml; ``--models`` sets the order), each through training/train.py until its deadline (``Plan``: cumulative
    shares of ``--minutes``; ``train(..., deadline=)``), resuming from ``<work>/<name>/last.pt`` when an
    earlier call left one (the device machine keeps ignored folders while it stays warm); PGRD's prior is
    not trained further once its denoiser has started;
