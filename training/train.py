@@ -1,7 +1,7 @@
 """The one training entry point for every experiment (docs/training.md).
 
     python -m training.train --config training/configs/<exp>.toml [--data PATH] [--out runs/<exp>]
-        [--max-steps N] [--resume] [--seed S] [--device cpu|cuda|cuda:1] [--override key=value ...]
+        [--max-steps N] [--max-minutes M] [--resume] [--seed S] [--device cpu|cuda|cuda:1] [--override key=value ...]
     torchrun --nproc_per_node 4 -m training.train --config ...        (DDP when WORLD_SIZE is set)
 
 Why it is built this way:
@@ -54,7 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "data": {"split": "train", "val_split": "val"},
     "train": {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "steps": 0,
               "epochs": 1, "warmup_steps": 0, "grad_clip": 1.0, "ema_decay": 0.999, "amp": True,
-              "cpu_amp": False, "channels_last": False, "lr_schedule": "constant", "num_workers": 0, "log_every": 50, "checkpoint_every": 500},
+              "cpu_amp": False, "channels_last": False, "lr_schedule": "constant", "num_workers": 0,
+              "log_every": 50, "checkpoint_every": 500, "resident": False, "compile": ""},
     "validation": {"every": 1000, "images": 32, "samples": 4, "metric": "ged", "batch_size": 8,
                    "sampler": {"method": "ddim", "steps": 25}},
     "sampling": {},
@@ -78,6 +79,32 @@ def ema_with_warmup(decay: float) -> Callable[[list[Tensor], list[Tensor], Tenso
                 e.copy_(p)
 
     return update
+
+
+class EMA(AveragedModel):
+    """AveragedModel whose update never waits for the device: the count ``n_averaged`` stays a CPU
+    buffer and is read there (torch's own update compares it on the device, a host sync per step,
+    and ema_with_warmup's ``float(n)`` another). Same arithmetic as AveragedModel with
+    ``use_buffers=True`` and a ``multi_avg_fn`` (tested bit for bit)."""
+
+    def __init__(self, net: nn.Module, decay: float):
+        super().__init__(net, multi_avg_fn=ema_with_warmup(decay), use_buffers=True)
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        ema = [p.detach() for p in (*self.module.parameters(), *self.module.buffers())]
+        cur = [p.detach() for p in (*model.parameters(), *model.buffers())]
+        if int(self.n_averaged) == 0:  # CPU tensor: no device sync
+            torch._foreach_copy_(ema, cur)
+        else:
+            groups: dict[tuple[Any, Any], tuple[list[Tensor], list[Tensor]]] = {}
+            for e, c in zip(ema, cur, strict=True):
+                g = groups.setdefault((e.device, e.dtype), ([], []))
+                g[0].append(e)
+                g[1].append(c)
+            for e_list, c_list in groups.values():
+                self.multi_avg_fn(e_list, c_list, self.n_averaged)
+        self.n_averaged += 1
 
 
 # -- configuration -----------------------------------------------------------------------------------
@@ -240,6 +267,20 @@ def epoch_batches(n: int, batch: int, seed: int, epoch: int, world: int, rank: i
     return [idx[i:i + batch] for i in range(0, len(idx) - batch + 1, batch)]
 
 
+def reading_choice(items: int, readings: int, seed: int, step: int, world: int, rank: int,
+                   weights: Tensor | None = None) -> Tensor:
+    """Which reading each of this rank's ``items`` trains on at ``step`` (HSRDiff Algorithm 1, line 1),
+    (items,) on the CPU. Drawn from a generator of the step alone for the whole global batch and split as
+    the items are (rank r holds global positions r, r + world, ..., epoch_batches), so a DDP run reads what
+    a 1-process run with the same global batch reads. Weighted choices (Cityscapes) are drawn per rank:
+    their weights live on the rank's own items."""
+    if world == 1 or weights is not None:
+        gen = torch.Generator().manual_seed(step_seed(seed, step, rank, salt=1))
+        return pick_annotation(torch.zeros(items, readings), gen, weights)[1]
+    gen = torch.Generator().manual_seed(step_seed(seed, step, 0, salt=1))
+    return pick_annotation(torch.zeros(items * world, readings), gen)[1][rank::world]
+
+
 def collate(items: list[dict]) -> dict[str, Any]:
     out = {"image": torch.stack([it["image"] for it in items]),
            "annotations": torch.stack([it["annotations"] for it in items]),
@@ -346,18 +387,66 @@ def init_from_model(net: nn.Module, folder: str | os.PathLike) -> None:
                          f"unexpected {unexpected[:3]})")
 
 
+class Resident:
+    """The whole training split as device tensors (``train.resident``): a step indexes them instead of
+    collating items on the host and copying them over, which on a GPU costs more than a small
+    network's step. The item and reading indices of a run of steps are copied over once (``plan``), so
+    a step makes no host-device copy and no sync. The batches, readings and values are the DataLoader
+    path's (tested bit for bit)."""
+
+    def __init__(self, dataset: Any, dev: torch.device):
+        items = [dataset[i] for i in range(len(dataset))]
+        self.image = torch.stack([it["image"] for it in items]).to(dev)
+        ann = torch.stack([it["annotations"] for it in items])
+        small = ann.min() >= 0 and ann.max() <= 255        # labels travel as uint8 (8x less memory)
+        self.annotations = (ann.to(torch.uint8) if small else ann).to(dev)
+        self.dtype = ann.dtype
+        self.weights = torch.stack([it["weights"] for it in items]) if "weights" in items[0] else None
+
+    def plan(self, batches: list[list[int]], first_step: int, seed: int, world: int, rank: int
+             ) -> Any:
+        """(image, labels) of each step of ``batches`` (the steps from ``first_step`` on), lazily."""
+        dev = self.image.device
+        items = torch.tensor(batches, dtype=torch.long)                               # (S, b)
+        a = self.annotations.shape[1]
+        choice = torch.stack([reading_choice(len(b), a, seed, first_step + j, world, rank,
+                                             None if self.weights is None else self.weights[b])
+                              for j, b in enumerate(batches)])
+        pinned = dev.type == "cuda"
+        both = torch.stack([items, choice])
+        both = both.pin_memory().to(dev, non_blocking=True) if pinned else both.to(dev)
+        for j in range(len(batches)):
+            idx, pick = both[0, j], both[1, j]
+            yield self.image[idx], self.annotations[idx, pick].to(self.dtype)  # reading pick[i] of item i
+
+
+def compiled(step_fn: nn.Module, mode: str) -> nn.Module:
+    """``train.compile``: "" (eager), "default", "reduce-overhead", "max-autotune-no-cudagraphs".
+    The loss module is compiled in place (state-dict keys unchanged). Compiled random ops draw from
+    inductor's generator, seeded from torch's, so a compiled run is reproducible but not equal to eager."""
+    if not mode:
+        return step_fn
+    if mode not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+        raise ValueError(f"train.compile = {mode!r}: use '', default, reduce-overhead, max-autotune or "
+                         "max-autotune-no-cudagraphs")
+    step_fn.compile(mode=mode, dynamic=False)
+    return step_fn
+
+
 def train(cfg: dict[str, Any], out: Path, *, data_root: str | None = None, max_steps: int | None = None,
-          resume: bool = False, device: str | None = None, command: str = "", quiet: bool = False
-          ) -> dict[str, Any]:
-    """Train one config into ``out``; returns a summary (steps, losses, best)."""
+          resume: bool = False, device: str | None = None, command: str = "", quiet: bool = False,
+          deadline: float | None = None) -> dict[str, Any]:
+    """Train one config into ``out``; returns a summary (steps, losses, best, and ``stopped``: "steps"
+    or "time"). ``deadline``: a ``time.monotonic()`` instant after which the run saves its last
+    checkpoint and returns at the next step (the GPU campaign's time budget; ``--resume`` continues)."""
     if cfg["model"]["method"] == "pgrd" and cfg["model"]["stage"] == "both":
         prior_cfg = stage_config(cfg, "prior")
         train(prior_cfg, out / "prior", data_root=data_root, max_steps=max_steps, resume=resume,
-              device=device, command=command, quiet=quiet)
+              device=device, command=command, quiet=quiet, deadline=deadline)
         diff_cfg = stage_config(cfg, "diffusion")
         diff_cfg["model"]["prior_run"] = str(out / "prior")
         return train(diff_cfg, out, data_root=data_root, max_steps=max_steps, resume=resume, device=device,
-                     command=command, quiet=quiet)
+                     command=command, quiet=quiet, deadline=deadline)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -378,10 +467,12 @@ def train(cfg: dict[str, Any], out: Path, *, data_root: str | None = None, max_s
     net = task.net
     if cfg["model"]["init_from"] and not (resume and (out / ck.LAST).exists()):
         init_from_model(net, cfg["model"]["init_from"])
+    # channels-last: (B, H, W, C) in memory for 2D networks, (B, D, H, W, C) for 3D ones
+    layout = torch.channels_last_3d if arch.get("spatial_dims") == 3 else torch.channels_last
     if t_cfg["channels_last"]:
-        net.to(memory_format=torch.channels_last)
+        net.to(memory_format=layout)
     net.train()
-    ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(float(t_cfg["ema_decay"])), use_buffers=True)
+    ema = EMA(net, float(t_cfg["ema_decay"]))
     opt_cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[t_cfg["optimizer"].lower()]
     opt = opt_cls([p for p in task.params if p.requires_grad], lr=float(t_cfg["lr"]),
                   weight_decay=float(t_cfg["weight_decay"]))
@@ -389,6 +480,8 @@ def train(cfg: dict[str, Any], out: Path, *, data_root: str | None = None, max_s
     if world > 1:
         step_fn = nn.parallel.DistributedDataParallel(
             step_fn, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True)
+    step_fn = compiled(step_fn, str(t_cfg["compile"] or ""))
+    resident = Resident(train_ds, dev) if t_cfg["resident"] else None
 
     local_bs = int(t_cfg["batch_size"]) // world
     if local_bs < 1:
@@ -431,8 +524,25 @@ def train(cfg: dict[str, Any], out: Path, *, data_root: str | None = None, max_s
     v_cfg = cfg["validation"]
     metric = v_cfg["metric"]
     losses: list[float] = []
+    pending: list[Tensor] = []   # this window's losses, still on the device: read every log_every steps
+    stopped = "steps"
+
+    def flush() -> None:
+        """Bring the window's losses to the host (the only per-window sync) and refuse a non-finite one."""
+        if not pending:
+            return
+        values = torch.stack(pending).float().cpu().tolist()
+        first = step - len(values)
+        pending.clear()
+        losses.extend(values)
+        bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"loss is {values[bad[0]]} at step {first + bad[0]}: lower train.lr or "
+                                     "check data")
+        bar.set_postfix(loss=f"{values[-1]:.4f}")
 
     def save_last() -> None:
+        flush()  # never write a checkpoint after a non-finite loss
         if main:
             ck.atomic_save({"step": step, "model": net.state_dict(), "ema": ema.state_dict(),
                             "optimizer": opt.state_dict(), "best": best, "best_metrics": best_metrics,
@@ -443,22 +553,27 @@ def train(cfg: dict[str, Any], out: Path, *, data_root: str | None = None, max_s
     while step < stop:
         epoch, offset = divmod(step, per_epoch)
         batches = epoch_batches(len(train_ds), local_bs, seed, epoch, world, rank)[offset:]
-        loader = DataLoader(train_ds, batch_sampler=batches[: stop - step], collate_fn=collate,
-                            num_workers=int(t_cfg["num_workers"]))
+        if resident is not None:
+            loader = resident.plan(batches[: stop - step], step, seed, world, rank)
+        else:
+            loader = DataLoader(train_ds, batch_sampler=batches[: stop - step], collate_fn=collate,
+                                num_workers=int(t_cfg["num_workers"]))
         for batch in loader:
-            gen = torch.Generator().manual_seed(step_seed(seed, step, rank, salt=1))
-            labels, _ = pick_annotation(batch["annotations"], gen, batch.get("weights"))
+            if resident is not None:
+                image, labels = batch
+            else:
+                ann = batch["annotations"]
+                pick = reading_choice(ann.shape[0], ann.shape[1], seed, step, world, rank, batch.get("weights"))
+                labels, image = ann[torch.arange(ann.shape[0]), pick], batch["image"]
             torch.manual_seed(step_seed(seed, step, rank))  # timesteps, noise, dropout of this step
             for g in opt.param_groups:
                 g["lr"] = learning_rate(t_cfg, step, total)
-            image = batch["image"].to(dev)
-            if t_cfg["channels_last"] and image.dim() == 4:
-                image = image.contiguous(memory_format=torch.channels_last)
+            image = image.to(dev)
+            if t_cfg["channels_last"]:
+                image = image.contiguous(memory_format=layout)
             with amp:
                 parts = step_fn(image, labels.to(dev))
             loss = parts["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower train.lr or check data")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if t_cfg["grad_clip"]:
@@ -466,11 +581,12 @@ def train(cfg: dict[str, Any], out: Path, *, data_root: str | None = None, max_s
             opt.step()
             ema.update_parameters(net)
             step += 1
-            losses.append(float(loss.detach()))
+            pending.append(loss.detach())
             now = time.perf_counter()
             elapsed, t0 = elapsed + now - t0, now
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if step % int(t_cfg["log_every"]) == 0 or step == stop:
+                flush()
             if writer and (step % int(t_cfg["log_every"]) == 0 or step == stop):
                 for k, val in parts.items():
                     writer.add_scalar(f"train/{k}", float(torch.as_tensor(val).detach().float().mean()), step)
@@ -494,12 +610,28 @@ def train(cfg: dict[str, Any], out: Path, *, data_root: str | None = None, max_s
             if step % int(t_cfg["checkpoint_every"]) == 0 or step == stop:
                 save_last()
                 t0 = time.perf_counter()
+            if deadline is not None and past(deadline, world):
+                stopped = "time"
+                break
+        if stopped == "time":
+            break
     bar.close()
     save_last()
     if writer:
         writer.close()
     return {"step": step, "total": total, "losses": losses, "best": best, "best_metrics": best_metrics,
-            "out": str(out)}
+            "out": str(out), "stopped": stopped}
+
+
+def past(deadline: float, world: int) -> bool:
+    """Whether the wall-clock budget is spent; under DDP rank 0's clock decides for all (one small
+    broadcast per step, only when a deadline is set), so every rank stops at the same step."""
+    flag = torch.tensor([time.monotonic() >= deadline], dtype=torch.int32)
+    if world > 1:
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.broadcast(flag, 0)
+    return bool(flag.item())
 
 
 # -- command line --------------------------------------------------------------------------------
@@ -515,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                     help="set a config entry, e.g. data.size=64 or train.lr=3e-4 (TOML values)")
+    ap.add_argument("--max-minutes", type=float,
+                    help="stop (and save last.pt) once this much wall-clock time has passed; --resume continues")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     from .data import DataMissing
@@ -524,8 +658,11 @@ def main(argv: list[str] | None = None) -> int:
             cfg["seed"] = args.seed
         out = Path(args.out or Path("runs") / cfg["name"])
         command = " ".join(shlex.quote(a) for a in ["python", "-m", "training.train", *(argv or sys.argv[1:])])
+        if args.max_minutes is not None and not (args.max_minutes > 0 and math.isfinite(args.max_minutes)):
+            raise ValueError(f"--max-minutes {args.max_minutes}: must be a positive number")
+        deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else None
         result = train(cfg, out, data_root=args.data, max_steps=args.max_steps, resume=args.resume,
-                       device=args.device, command=command, quiet=args.quiet)
+                       device=args.device, command=command, quiet=args.quiet, deadline=deadline)
     except (DataMissing, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -533,7 +670,8 @@ def main(argv: list[str] | None = None) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
     if not args.quiet:
-        print(f"done: step {result['step']}/{result['total']}, best {cfg['validation']['metric']} = "
+        print(f"{'stopped by --max-minutes' if result['stopped'] == 'time' else 'done'}: "
+              f"step {result['step']}/{result['total']}, best {cfg['validation']['metric']} = "
               f"{result['best']}, run folder {result['out']}")
     return 0
 
