@@ -13,7 +13,9 @@ spread of the metric over images (docs/results.md).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -25,15 +27,33 @@ from DiffSegUncertaintyLib.engine.evaluation import data_for_model, load_multire
 from DiffSegUncertaintyLib.engine.pipeline import Model, Request
 
 
-def hypotheses(folder: str, data_path: str, images: int, samples: int, seed: int):
+def hypotheses(folder: str, data_path: str, images: int, samples: int, seed: int, precision: str = "fp32"):
     """(masks (N, M, *S) argmax classes, readings (N, A, *S)) of one model folder, each image drawn as
     ``diffseg sample`` draws it (on the CPU, so both folders run the same kernels)."""
     model = Model.load(folder)
     data = data_for_model(load_multireader_npz(data_path), model.card, images)
-    predict = predictor_from_model(model, Request(seed=seed, device="cpu"), data.box)
+    predict = predictor_from_model(model, Request(seed=seed, device="cpu", precision=precision), data.box)
     with torch.no_grad():
         probs = predict(data.images, samples)  # on the readings' grid
     return probs.argmax(2).numpy(), data.masks
+
+
+def paired(scores_a: list[dict[str, float]], scores_b: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per metric: both means and the paired difference b - a over the images where both are defined,
+    with its standard error (std over images, ddof 1, / sqrt(n)): the comparison that decides whether a
+    new model beats the one it replaces on the same slices and seeds."""
+    out = {}
+    for key in ("ged", "hm_iou", "dice"):
+        if key not in scores_a[0]:
+            continue
+        va = np.array([s[key] for s in scores_a], dtype=float)
+        vb = np.array([s[key] for s in scores_b], dtype=float)
+        ok = np.isfinite(va) & np.isfinite(vb)
+        d = vb[ok] - va[ok]
+        out[key] = {"a": float(va[ok].mean()), "b": float(vb[ok].mean()), "mean_difference": float(d.mean()),
+                    "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"),
+                    "max_abs_difference": float(np.abs(d).max()), "n": int(ok.sum())}
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,10 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--samples", type=int, default=Request.samples)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default="fp32", help="fp32 (default) or bf16, for both models")
+    ap.add_argument("--output", help="also write the per-image scores and the paired summary as JSON")
     args = ap.parse_args(argv)
     try:
-        a, readings = hypotheses(args.a, args.data, args.images, args.samples, args.seed)
-        b, _ = hypotheses(args.b, args.data, args.images, args.samples, args.seed)
+        a, readings = hypotheses(args.a, args.data, args.images, args.samples, args.seed, args.precision)
+        b, _ = hypotheses(args.b, args.data, args.images, args.samples, args.seed, args.precision)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -55,15 +77,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: the models' hypotheses differ in shape ({a.shape} vs {b.shape})", file=sys.stderr)
         return 2
     num_classes = int(max(a.max(), b.max(), readings.max())) + 1
-    dged, dhm = [], []
-    for i in range(len(a)):
-        sa = metrics.score_image(a[i], readings[i], None, num_classes)
-        sb = metrics.score_image(b[i], readings[i], None, num_classes)
-        dged.append(abs(sa["ged"] - sb["ged"]))
-        dhm.append(abs(sa["hm_iou"] - sb["hm_iou"]))
-    print(f"{len(a)} images x {args.samples} hypotheses, seed {args.seed}")
+    scores_a = [metrics.score_image(a[i], readings[i], None, num_classes) for i in range(len(a))]
+    scores_b = [metrics.score_image(b[i], readings[i], None, num_classes) for i in range(len(b))]
+    table = paired(scores_a, scores_b)
+    print(f"{len(a)} images x {args.samples} hypotheses, seed {args.seed}, {args.precision}")
     print(f"voxels with the same class: {100 * float((a == b).mean()):.4f} %")
-    print(f"largest per-image |GED difference|: {np.nanmax(dged):.4f}, |HM-IoU difference|: {np.nanmax(dhm):.4f}")
+    for key, row in table.items():
+        print(f"{key}: a {row['a']:.4f}, b {row['b']:.4f}, b - a {row['mean_difference']:+.4f} "
+              f"(paired SE {row['se']:.4f}), largest per-image |difference| {row['max_abs_difference']:.4f}")
+    if args.output:
+        Path(args.output).write_text(json.dumps({"a": args.a, "b": args.b, "data": args.data, "images": len(a),
+                                                 "samples": args.samples, "seed": args.seed,
+                                                 "precision": args.precision, "paired": table,
+                                                 "per_image": {"a": scores_a, "b": scores_b}},
+                                                indent=1, default=float))
     return 0
 
 

@@ -18,7 +18,7 @@ def test_identical_folders_agree_everywhere_and_others_do_not(tmp_path, lidc_roo
     a = testing.make_tiny_model_folder(tmp_path / "a", seed=0, **CARD)
     b = testing.make_tiny_model_folder(tmp_path / "b", seed=0, **CARD)
     out = _run(a, b, lidc_root, capsys)
-    assert "same class: 100.0000 %" in out and "|GED difference|: 0.0000" in out
+    assert "same class: 100.0000 %" in out and "ged:" in out and "b - a +0.0000 (paired SE 0.0000)" in out
     c = testing.make_tiny_model_folder(tmp_path / "c", seed=1, **CARD)  # other weights
     assert "same class: 100.0000 %" not in _run(a, c, lidc_root, capsys)
 
@@ -30,3 +30,17 @@ def test_mismatched_models_are_refused(tmp_path, lidc_root, capsys):
     assert compare_models.main(["--a", str(a), "--b", str(b), "--data", str(lidc_root / "val.npz"),
                                 "--images", "1", "--samples", "1"]) == 2
     assert "differ in shape" in capsys.readouterr().err
+
+
+def test_paired_summary_is_the_mean_and_standard_error_of_per_image_differences():
+    a = [{"ged": 0.5, "hm_iou": 0.4, "dice": 0.7}, {"ged": 0.3, "hm_iou": 0.6, "dice": float("nan")},
+         {"ged": 0.2, "hm_iou": 0.5, "dice": 0.9}]
+    b = [{"ged": 0.4, "hm_iou": 0.5, "dice": 0.8}, {"ged": 0.1, "hm_iou": 0.6, "dice": 0.5},
+         {"ged": 0.2, "hm_iou": 0.8, "dice": 0.8}]
+    t = compare_models.paired(a, b)
+    # GED differences -0.1, -0.2, 0.0: mean -0.1, sample std 0.1, SE 0.1 / sqrt(3)
+    assert abs(t["ged"]["mean_difference"] + 0.1) < 1e-12 and abs(t["ged"]["se"] - 0.1 / 3 ** 0.5) < 1e-12
+    assert abs(t["ged"]["max_abs_difference"] - 0.2) < 1e-12
+    # Dice: the NaN image is left out of both means and the difference
+    assert t["dice"]["n"] == 2 and abs(t["dice"]["mean_difference"] - 0.0) < 1e-12
+    assert abs(t["dice"]["a"] - 0.8) < 1e-12
