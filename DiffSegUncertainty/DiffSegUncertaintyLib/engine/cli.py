@@ -84,6 +84,12 @@ def build_parser(with_evaluate: bool = False) -> argparse.ArgumentParser:
                      "i0,j0,i1,j1); only voxels inside are segmented")
     roi.add_argument("--roi-mm", help="physical box x0,y0,z0,x1,y1,z1 in mm, LPS coordinates as in the "
                      "file (Slicer shows RAS: negate x and y); voxels whose centres are inside")
+    roi.add_argument("--point", help="index i,j,k of a voxel inside the lesion: the model's input box is "
+                     "centred on it and a 2D model grows the slice range while its hypotheses find the "
+                     "lesion (engine/prompt.py)")
+    roi.add_argument("--point-mm", help="the same point in mm, LPS coordinates x,y,z as in the file")
+    s.add_argument("--max-slices", type=int, default=64, help="--point with a 2D model: at most this many "
+                   "slices are sampled (default 64)")
     s.add_argument("--models-dir", action="append", default=[], help="extra folder to search for models "
                    "(repeatable; searched before $DIFFSEG_MODELS and the shipped models)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -183,6 +189,7 @@ class Plan:
     device: str
     precision: str = "fp32"
     model: Any = None
+    point: Any = None  # voxel index (i, j, k) of --point / --point-mm, else None
 
 
 def _pick_device(choice: str) -> str:
@@ -243,10 +250,23 @@ def prepare(args: argparse.Namespace) -> Plan:
     if int(arch["spatial_dims"]) == 3 and (geo.dimension != 3 or 1 in geo.size):
         raise InputError(f"the model {card['name']!r} is 3D but {args.inputs[0]} is a 2D image"
                          + (f" (a single slice, size {list(geo.size)})" if geo.dimension == 3 else ""))
-    if roi_required(card) and not (args.roi or args.roi_mm):
+    point_arg = getattr(args, "point", None) or getattr(args, "point_mm", None)
+    if roi_required(card) and not (args.roi or args.roi_mm or point_arg):
         raise InputError(f"the model {card['name']!r} was trained on boxes around the target: give the "
-                         f"box with --roi or --roi-mm")
+                         f"box with --roi or --roi-mm, or a point inside it with --point or --point-mm")
     roi = None
+    point = None
+    if point_arg:
+        from .prompt import box_around_point, point_index, slice_index_axis
+        if getattr(args, "max_slices", 64) < 1:
+            raise InputError(f"--max-slices must be at least 1 (got {args.max_slices})")
+        mm = bool(getattr(args, "point_mm", None))
+        point = point_index(geo, _numbers(point_arg, float if mm else int, "--point-mm" if mm else "--point"), mm)
+        lo, hi = box_around_point(geo, point, card["input"]["size"], int(arch["spatial_dims"]))
+        axis = slice_index_axis(geo)
+        if int(arch["spatial_dims"]) == 2 and axis is not None:  # the slices it may grow into
+            lo[axis], hi[axis] = 0, geo.size[axis]
+        roi = Roi(lo, hi)
     if args.roi or args.roi_mm:
         nums = _numbers(args.roi or args.roi_mm, int if args.roi else float,
                         "--roi" if args.roi else "--roi-mm")
@@ -258,7 +278,10 @@ def prepare(args: argparse.Namespace) -> Plan:
         if args.roi_mm and any(b <= a for a, b in zip(roi.start, roi.stop)):
             raise InputError(f"--roi-mm {args.roi_mm} (LPS mm) contains no voxel centre of the image")
     roi = check_roi(roi, geo)
-    image = preprocess(vols.channels, card["input"].get("preprocessing"))
+    from .volumes import canonical_orientation  # slice_minmax stretches per axial slice around the ROI
+    axis = (canonical_orientation(geo.direction, [b - a for a, b in zip(roi.start, roi.stop)]).perm[0]
+            if geo.dimension == 3 else None)
+    image = preprocess(vols.channels, card["input"].get("preprocessing"), box=roi.slices(), slice_axis=axis)
     crop = image[(slice(None),) + roi.slices()]
     if all(float(c.max()) == float(c.min()) for c in crop):
         raise InputError("the image is constant inside the region to segment: nothing to segment")
@@ -267,7 +290,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     if args.precision != "fp32" and device not in ("cpu", "cuda"):
         raise InputError(f"--precision {args.precision} runs on cpu and cuda only (the device is {device}; "
                          f"use --precision fp32 or --device cpu)")
-    return Plan(output, folder, card, vols, image, roi, config, device, args.precision)
+    return Plan(output, folder, card, vols, image, roi, config, device, args.precision, point=point)
 
 
 class _Interrupted(KeyboardInterrupt):
@@ -400,6 +423,47 @@ def _write_outputs(plan: Plan, result: Any, folder: Path, args: argparse.Namespa
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
+def _with_estimate(plan: Plan, args: argparse.Namespace, progress: Any) -> Any:
+    """The progress printer with the work announced up front (network evaluations) and the expected
+    time from the first step, updated every 10 % (engine/estimate.py), on stderr. A point prompt
+    announces the work per slice: how many slices it grows to is not known up front."""
+    from .estimate import Eta, network_evaluations, work_units
+    from .volumes import canonical_orientation
+
+    if args.quiet:
+        return progress
+    steps = len(plan.model.schedule.timesteps(plan.config.steps, plan.config.spacing))
+    roi = plan.roi
+    shape = [b - a for a, b in zip(reversed(roi.start), reversed(roi.stop))]  # array order
+    if plan.volumes.geometry.dimension == 3:
+        perm = canonical_orientation(plan.volumes.geometry.direction, list(reversed(shape))).perm
+        shape = [shape[a] for a in perm]
+    else:
+        shape = [1, *shape]
+    growing = plan.point is not None and int(plan.card["architecture"]["spatial_dims"]) == 2
+    units = 1 if growing else work_units(plan.card, shape, args.overlap)
+    what = "slice" if int(plan.card["architecture"]["spatial_dims"]) == 2 else "patch"
+    print(f"diffseg: work: {units} {what}{'es' if what == 'patch' and units > 1 else 's' if units > 1 else ''}"
+          f"{' at a time (growing from the point)' if growing else ''} x {args.samples} hypotheses x "
+          f"{steps} steps = {network_evaluations(units, args.samples, steps)} network evaluations"
+          f"{' per slice' if growing else ''}; timing the first step", file=sys.stderr, flush=True)
+    eta = Eta(every=1.0 if growing else 0.1)  # a growing run: one line per slice
+    eta.start()
+
+    state = {"last": 0, "slices": 1}
+
+    def wrapped(done: int, total: int) -> None:
+        if done < state["last"]:  # a point prompt's next slice: its own progress restarts
+            state["slices"] += 1
+        state["last"] = done
+        line = eta.update(done, total) if state["slices"] == 1 else None
+        if line:
+            print(f"diffseg: {'first slice: ' if growing else ''}{line}", file=sys.stderr, flush=True)
+        progress(done, total)
+
+    return wrapped
+
+
 def _first_missing_parent(path: Path) -> Path | None:
     missing = None
     for p in [path.parent, *path.parent.parents]:
@@ -437,11 +501,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
         plan.output.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{plan.output.name}.partial-", dir=plan.output.parent))
         progress, close_bar = _progress_printer(args.quiet)
+        progress = _with_estimate(plan, args, progress)
         t0 = time.perf_counter()
-        result = run_model(plan.model, plan.card, plan.image, plan.volumes.geometry, args.samples,
-                           plan.config, args.seed, roi=plan.roi, batch_size=args.batch_size,
-                           progress=progress, overlap=args.overlap, precision=plan.precision,
-                           channels_last=args.channels_last)
+        options = dict(batch_size=args.batch_size, progress=progress, overlap=args.overlap,
+                       precision=plan.precision, channels_last=args.channels_last)
+        if plan.point is not None:
+            from .prompt import sample_from_point
+            result, _ = sample_from_point(
+                plan.model, plan.card, plan.image, plan.volumes.geometry, plan.point, args.samples,
+                plan.config, args.seed, max_slices=args.max_slices,
+                on_slice=None if args.quiet else lambda line: print(f"diffseg: {line}", file=sys.stderr,
+                                                                    flush=True), **options)
+        else:
+            result = run_model(plan.model, plan.card, plan.image, plan.volumes.geometry, args.samples,
+                               plan.config, args.seed, roi=plan.roi, **options)
         timings["sampling_s"] = time.perf_counter() - t0
         close_bar()
         _write_outputs(plan, result, tmp, args, device, timings)

@@ -127,7 +127,8 @@ def read_inputs(paths: Sequence[str | os.PathLike]) -> InputVolumes:
 # -- preprocessing ---------------------------------------------------------------------------------
 
 PREPROCESSING_FIELDS = {"none": set(), "window": {"lower", "upper"}, "zscore": {"nonzero"},
-                        "scale": {"scale", "offset"}, "minmax": {"lower", "upper"}}
+                        "scale": {"scale", "offset"}, "minmax": {"lower", "upper"},
+                        "slice_minmax": {"lower", "upper", "context"}}
 
 #: A clip bound at or below this (HU) marks a CT preprocessing: air (-1000 HU) and lung (about -850 HU)
 #: lie below it, so the spec only makes sense for an image in Hounsfield units.
@@ -174,7 +175,8 @@ def _check_hu(x: np.ndarray, kind: str, lower: float) -> None:
 
 
 def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]] | None,
-               mask: np.ndarray | None = None) -> np.ndarray:
+               mask: np.ndarray | None = None, box: Sequence[slice] | None = None,
+               slice_axis: int | None = 0) -> np.ndarray:
     """Intensity preprocessing from the card's ``input.preprocessing``: one spec for every channel or a
     list with one per channel. Statistics are taken inside ``mask`` (e.g. the ROI) when given, so a
     crop is normalised the way the whole volume would be only if the caller passes the whole volume.
@@ -184,6 +186,10 @@ def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]]
         image's own minimum and maximum to [0, 1] (inside ``mask`` when given; a constant image gives 0).
         A whole CT spans [L, U], so this is the window; a crop is stretched on its own, as the LIDC
         publisher stretched each 8-bit crop (docs/cli.md, "CT intensities (HU)").
+    {"kind": "slice_minmax", "lower": L, "upper": U, "context": N}: per slice (along ``slice_axis`` of
+        a 3D image), clip to [L, U] (each optional) and stretch by the slice's minimum and maximum inside
+        an N x N box centred on ``box`` (the ROI, array-order slices; None: the image): the LIDC
+        publisher's per-crop stretch reproduced on a whole CT (engine/slicestretch.py).
     A bound at or below -500 marks a CT spec: an image with nothing below 0 is refused for ``window``,
     and for ``minmax`` when it also goes above 255 (``_check_hu``).
     {"kind": "zscore", "nonzero": bool}: (x - mean) / std per channel; nonzero: statistics over
@@ -223,6 +229,17 @@ def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]]
             vmin = float(vals.min()) if vals.size else 0.0
             vmax = float(vals.max()) if vals.size else 0.0
             out[c] = (xc - vmin) / (vmax - vmin) if vmax > vmin else 0.0
+        elif kind == "slice_minmax":
+            from .slicestretch import slice_minmax
+            lo = float(s["lower"]) if s.get("lower") is not None else None
+            hi = float(s["upper"]) if s.get("upper") is not None else None
+            if lo is not None and hi is not None and not hi > lo:
+                raise InputError(f"preprocessing slice_minmax needs upper > lower (got {lo}, {hi})")
+            if int(s.get("context", 0)) < 1:
+                raise InputError("preprocessing slice_minmax needs context, the training crop's size in voxels")
+            if lo is not None and lo <= HU_SPEC_BELOW:
+                _check_hu(x, "minmax", lo)
+            out[c] = slice_minmax(x, lo, hi, int(s["context"]), box, slice_axis)
         elif kind == "zscore":
             nonzero = bool(s.get("nonzero", False))
             sel = x != 0 if nonzero else np.ones(x.shape, bool)
@@ -238,7 +255,7 @@ def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]]
             out[c] = x * float(s.get("scale", 1.0)) + float(s.get("offset", 0.0))
         else:
             raise InputError(f"unknown preprocessing kind {kind!r} in the model card "
-                             "(expected window, minmax, zscore, scale or none)")
+                             "(expected window, minmax, slice_minmax, zscore, scale or none)")
     return out
 
 
