@@ -371,7 +371,7 @@ def _write_outputs(plan: Plan, result: Any, folder: Path, args: argparse.Namespa
     import torch
 
     from .uncertainty import summarize
-    from .volumes import write_seg_nrrd, write_volume
+    from .volumes import write_volume
 
     geo, roi = plan.volumes.geometry, result.roi
     t0 = time.perf_counter()
@@ -385,8 +385,10 @@ def _write_outputs(plan: Plan, result: Any, folder: Path, args: argparse.Namespa
         out[(slice(None),) * len(lead) + sl] = arr.cpu().numpy().astype(dtype)
         return out
 
-    labels = full(maps.labels, np.uint8, (maps.labels.shape[0],))
-    write_seg_nrrd(_segments(labels, plan.card), geo, folder / "hypotheses.seg.nrrd")
+    from .segfile import write_seg  # the ROI's box only, on the CT's grid (engine/segfile.py)
+    labels = maps.labels.cpu().numpy().astype(np.uint8)
+    write_seg(_segments(labels, plan.card), geo, roi.start, folder / "hypotheses.seg.nrrd",
+              plan.card.get("terminology"))
     write_volume(full(maps.consensus, np.uint8), geo, folder / "consensus.nrrd")
     write_volume(full(1 - maps.mean_probability[0], np.float32), geo, folder / "mean_probability.nrrd")
     write_volume(full(maps.predictive_entropy, np.float32), geo, folder / "entropy.nrrd")
