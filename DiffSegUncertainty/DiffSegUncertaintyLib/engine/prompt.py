@@ -96,9 +96,10 @@ class Growth:
 
 def grow(draw: Callable[[int], tuple[Any, bool]], start: int, length: int,
          max_slices: int = 64) -> tuple[Growth, dict[int, Any]]:
-    """Sample slice ``start`` with ``draw(k) -> (result, found)``, then slices start+1, start+2, ...
-    until one is not ``found`` (kept) or the image or ``max_slices`` ends, then the same downwards.
-    The point's own slice is always kept; if it shows no lesion nothing grows (the caller says so)."""
+    """Sample slice ``start`` with ``draw(k) -> (result, found)``, then one slice up and one down in
+    turn; a direction stops at its first slice that is not ``found`` (kept) or at the image's end, and
+    both at ``max_slices`` slices. The point's own slice is always kept; if it shows no lesion nothing
+    grows (the caller says so)."""
     results: dict[int, Any] = {}
     found: list[int] = []
     log: list[str] = []
@@ -112,10 +113,16 @@ def grow(draw: Callable[[int], tuple[Any, bool]], start: int, length: int,
         return ok
 
     if visit(start):
-        for direction in (1, -1):
-            k = start + direction
-            while 0 <= k < length and len(results) < max_slices and visit(k):
-                k += direction
+        nxt = {1: start + 1, -1: start - 1}          # up and down in turn, so a cap is shared evenly
+        while nxt and len(results) < max_slices:
+            for direction in list(nxt):
+                k = nxt[direction]
+                if not 0 <= k < length or len(results) >= max_slices:
+                    nxt.pop(direction)
+                elif visit(k):
+                    nxt[direction] = k + direction
+                else:
+                    nxt.pop(direction)
     return Growth(min(results), max(results), sorted(found), log), results
 
 
