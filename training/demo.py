@@ -152,14 +152,13 @@ def run_sampler(ct: Path, model: str, out: Path, samples: int, steps: int | None
     print("$", " ".join(cmd), flush=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    shown, last = -1, 0
+    shown, last, restarted = -1, 0, False
     for line in proc.stdout:  # "progress k/N"
         if line.startswith("progress "):
             k, n = (int(v) for v in line.split()[1].split("/"))
-            if k < last:      # a point prompt's next slice
-                shown = -1
+            restarted = restarted or k < last  # a point prompt's next slice: its lines say enough
             last = k
-            if 10 * k // n > shown and not (shown >= 0 and k < n and 10 * k // n % 5):
+            if 10 * k // n > shown and not restarted:
                 shown = 10 * k // n
                 print(f"  sampling {100 * k // n}%", flush=True)
     if proc.wait() != 0:
@@ -186,6 +185,7 @@ def panel(path: Path, ct: np.ndarray, readings: np.ndarray, hypotheses: np.ndarr
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    shown = min(shown, len(hypotheses))
     rows, cols = crop_box(np.concatenate([readings, hypotheses[:shown], consensus[None]]))
     colors = ["#e41a1c", "#377eb8", "#4daf4a", "#ff7f00"]
     heads = ["CT", "4 readers", "consensus\n(readers' majority: line)"] + \
