@@ -278,10 +278,13 @@ def run_ct(args: argparse.Namespace, folder: Path, card: dict) -> int:
     print(f"case: {ct_path} (whole CT), readers {', '.join(p.name for p in reader_paths)}")
     print(f"model: {card['name']} ({card['method']}, preset {card['preset']}), "
           f"preprocessing {json.dumps(card['input'].get('preprocessing'))}")
-    peak_mib = run_sampler(ct_path, str(folder), out / "result", args.samples, args.steps, args.seed, where)
-
-    result = out / "result"
+    if args.result:  # score a finished run of this CT instead of sampling
+        result, peak_mib = Path(args.result).resolve(), None
+    else:
+        result = out / "result"
+        peak_mib = run_sampler(ct_path, str(folder), result, args.samples, args.steps, args.seed, where)
     summary = json.loads((result / "summary.json").read_text())
+    where = where if not args.result else [f"--roi={','.join(map(str, summary['roi']['start'] + summary['roi']['stop']))}"]
     geo = read_inputs([ct_path]).geometry
     ct = sitk.GetArrayFromImage(geo.reference).astype(np.float32)
     readings = np.stack([sitk.GetArrayFromImage(sitk.ReadImage(str(p))) > 0 for p in reader_paths]).astype(np.uint8)
@@ -294,16 +297,17 @@ def run_ct(args: argparse.Namespace, folder: Path, card: dict) -> int:
     three = compare_3d(hyps, readings, consensus, voxel)
     files = {p.name: p.stat().st_size for p in sorted(result.iterdir())}
     roi = summary["roi"]
-    scores = {"case": str(ct_path), "where": where, "model": card["name"],
-              "preprocessing": card["input"].get("preprocessing"), "samples": args.samples,
-              "steps": summary["steps"], "seed": args.seed, "roi": roi,
+    scores = {"case": str(ct_path), "where": where, "model": summary["model"]["name"],
+              "model_folder": summary["model"]["folder"],
+              "preprocessing": read_card(summary["model"]["folder"])["input"].get("preprocessing"),
+              "samples": summary["samples"], "steps": summary["steps"], "seed": summary["seed"], "roi": roi,
               "per_slice": {k: {"mean": v[0], "std": v[1]} for k, v in per_slice.items()},
               "per_slice_slices": list(ks), "three_d": three, "sampling_s": summary["timings"]["sampling_s"],
               "peak_rss_mib": peak_mib, "file_bytes": files}
     (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
     picks = sorted({ks[0] + 1, (ks[0] + ks[1]) // 2, ks[1] - 1})
     panel(out / "panel.png", ct, readings, hyps, consensus, entropy, picks,
-          f"{card['name']} on {root.name}: {args.samples} hypotheses vs 4 readers "
+          f"{summary['model']['name']} on {root.name}: {summary['samples']} hypotheses vs 4 readers "
           f"(per-slice GED {per_slice['ged'][0]:.3f}, HM-IoU {per_slice['hm_iou'][0]:.3f})")
 
     print(f"\noutputs: {result}  (open {ct_path.name} and hypotheses.seg.nrrd in 3D Slicer)")
@@ -322,7 +326,7 @@ def run_ct(args: argparse.Namespace, folder: Path, card: dict) -> int:
           f"majority {three['consensus_dice']:.3f} (each reader vs the majority: "
           + " ".join(f"{v:.3f}" for v in three["reader_dice_to_majority"]) + ")")
     print("files: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in files.items()) +
-          f"; peak memory of diffseg sample {peak_mib} MiB")
+          + (f"; peak memory of diffseg sample {peak_mib} MiB" if peak_mib else ""))
     print(f"  ({metrics.describe_conventions()})")
     return 0
 
@@ -342,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--steps", type=int, help="sampler steps (default: the model card's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--result", help="score this finished `diffseg sample` run of the CT instead of sampling")
     args = p.parse_args(argv)
     folder = resolve_model(args.model)
     card = read_card(folder)

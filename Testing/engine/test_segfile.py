@@ -57,6 +57,9 @@ def test_only_the_box_is_stored_on_the_input_grid(tmp_path):
     full, _ = read_layers(out, geometry)                        # put back on the whole grid
     assert full.shape == (3, 12, 20, 24)
     assert np.array_equal(full[:, 2:9, 3:15, 5:17], layers) and full.sum() == layers.sum()
+    # the same segments give the same bytes (pynrrd's time stamp is dropped)
+    write_seg(segs, geometry, start, tmp_path / "again.seg.nrrd", {"nodule": NODULE})
+    assert (tmp_path / "again.seg.nrrd").read_bytes() == out.read_bytes()
     # a class without a term gets none; a box leaving the grid is refused
     write_seg(segs[:1], geometry, start, tmp_path / "plain.seg.nrrd")
     assert "terminology" not in slicerio.read_segmentation(str(tmp_path / "plain.seg.nrrd"))["segments"][0]

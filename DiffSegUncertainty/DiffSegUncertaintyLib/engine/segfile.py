@@ -15,6 +15,7 @@ export needs. Layer n holds hypothesis n (label value 1), so a reader finds hypo
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any, Mapping, Sequence
 
@@ -74,7 +75,14 @@ def write_seg(segments: Sequence[Segment], geometry: Geometry, start: Sequence[i
                     "containedRepresentationNames": ["Binary labelmap"],
                     "masterRepresentation": "Binary labelmap",
                     "referenceImageExtentOffset": [int(v) for v in start]}
-    slicerio.write_segmentation(str(path), segmentation, compression_level=compression_level)
+    buf = io.BytesIO()
+    slicerio.write_segmentation(buf, segmentation, compression_level=compression_level)
+    # pynrrd stamps the header with the time of writing: drop that comment line, so the same run gives
+    # the same bytes (reproducibility is tested bit for bit)
+    head, sep, body = buf.getvalue().partition(b"\n\n")
+    head = b"\n".join(line for line in head.split(b"\n") if not line.startswith(b"# on "))
+    with open(path, "wb") as f:
+        f.write(head + sep + body)
 
 
 def read_layers(path: str | os.PathLike, geometry: Geometry | None = None) -> tuple[np.ndarray, list[int]]:
