@@ -325,7 +325,7 @@ def run_ct(args: argparse.Namespace, folder: Path, card: dict) -> int:
     print(f"3D: GED {three['ged']:.3f}, HM-IoU {three['hm_iou']:.3f}, Dice of the consensus vs the readers' "
           f"majority {three['consensus_dice']:.3f} (each reader vs the majority: "
           + " ".join(f"{v:.3f}" for v in three["reader_dice_to_majority"]) + ")")
-    print("files: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in files.items()) +
+    print("files: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in files.items())
           + (f"; peak memory of diffseg sample {peak_mib} MiB" if peak_mib else ""))
     print(f"  ({metrics.describe_conventions()})")
     return 0
