@@ -101,3 +101,18 @@ def test_sample_from_point_matches_the_grown_box_drawn_at_once(tmp_path):
                                                                                           res.roi.stop))
     assert res.y0.shape == at_once.y0.shape
     torch.testing.assert_close(res.y0, at_once.y0, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--point", "30,5,1"], "outside the image"),
+    (["--point", "3,5"], "needs 3 numbers"),
+    (["--point-mm=-1e4,0,0"], "outside the image"),
+    (["--point", "3,5,1", "--max-slices", "0"], "--max-slices"),
+])
+def test_bad_points_exit_2_before_any_work(tmp_path, capsys, args, message):
+    from DiffSegUncertaintyLib.engine.cli import main
+    folder = testing.make_tiny_model_folder(tmp_path / "m", size=[8, 8], preprocessing={"kind": "none"})
+    img = testing.write_volume(tmp_path / "v.nrrd", testing.blob_array((4, 12, 16))[0])
+    out = tmp_path / "out"
+    assert main(["sample", str(img), "--model", str(folder), "--output", str(out), "--quiet", *args]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
