@@ -93,6 +93,9 @@ def test_the_main_job_on_the_whole_ct(lidc_ct_root, tmp_path, capsys):
     assert s["roi"]["start"][:2] == [286, 333] and s["roi"]["stop"][:2] == [350, 397]
     assert 0 <= s["roi"]["start"][2] <= 2 < s["roi"]["stop"][2] <= 5
     assert s["per_slice_slices"] == [0, 4] and s["preprocessing"] == CT_PREPROCESSING
+    run = json.loads((tmp_path / "o" / "result" / "summary.json").read_text())
+    assert run["point"] == [318, 365, 2] and run["growth"]["axis"] == 2
+    assert run["growth"]["first"] == s["roi"]["start"][2] and run["growth"]["last"] == s["roi"]["stop"][2] - 1
     three = s["three_d"]
     # 2 DDIM steps draw rough outlines (consensus Dice 0.44 on 7 slices), but on the nodule: a box or a
     # stretch in the wrong place gives none

@@ -416,6 +416,7 @@ def _write_outputs(plan: Plan, result: Any, folder: Path, args: argparse.Namespa
         "sampler": asdict(plan.config), "device": device, "batch_size": result.batch_size,
         "precision": plan.precision, "channels_last": bool(args.channels_last),
         "roi": {"start": roi.start, "stop": roi.stop},
+        "point": plan.point, "growth": result.extras.get("growth"),  # --point: the slices it grew to
         "grid": geo.as_dict(), "classes": classes, "tau_out": plan.model.tau_out,
         "skipped_constant": result.skipped,
         "hypotheses": hyps,
