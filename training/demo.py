@@ -179,17 +179,22 @@ def crop_box(masks: np.ndarray, margin: int = 12) -> tuple[slice, slice]:
 def panel(path: Path, ct: np.ndarray, readings: np.ndarray, hypotheses: np.ndarray, consensus: np.ndarray,
           entropy: np.ndarray, slices: list[int], title: str, shown: int = 4) -> None:
     """One row per slice: CT (lung window), the four readers' outlines, the model's consensus (filled)
-    with the readers' majority outline, ``shown`` hypotheses, the predictive entropy. All in a box
+    with the readers' majority outline, ``shown`` hypotheses from the smallest to the largest (by
+    volume), the predictive entropy. All in a box
     around the lesion; arrays (N, H, W) on the CT's grid, readings (4, ...), hypotheses (M, ...)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     shown = min(shown, len(hypotheses))
-    rows, cols = crop_box(np.concatenate([readings, hypotheses[:shown], consensus[None]]))
+    vols = hypotheses.reshape(len(hypotheses), -1).sum(1)
+    order = np.argsort(vols, kind="stable")  # the smallest, the largest and evenly between: the spread
+    picks = [int(order[round(q * (len(order) - 1))]) for q in np.linspace(0, 1, shown)]
+    rows, cols = crop_box(np.concatenate([readings, hypotheses[picks], consensus[None]]))
     colors = ["#e41a1c", "#377eb8", "#4daf4a", "#ff7f00"]
     heads = ["CT", "4 readers", "consensus\n(readers' majority: line)"] + \
-        [f"hypothesis {m + 1}" for m in range(shown)] + ["entropy (nats)"]
+        [f"hypothesis {m + 1}\n({'smallest' if n == 0 else 'largest' if n == shown - 1 else 'volume rank ' + str(int(np.nonzero(order == m)[0][0]) + 1)})"
+         for n, m in enumerate(picks)] + ["entropy (nats)"]
     fig, axes = plt.subplots(len(slices), len(heads), figsize=(1.9 * len(heads), 2.0 * len(slices) + 0.5),
                              squeeze=False)
     ent_max = float(max(entropy.max(), 1e-6))
@@ -209,8 +214,8 @@ def panel(path: Path, ct: np.ndarray, readings: np.ndarray, hypotheses: np.ndarr
         maj = majority(readings)[k, rows, cols]
         if maj.any():
             axes[r, 2].contour(maj, levels=[0.5], colors="cyan", linewidths=0.8)
-        for m in range(shown):
-            axes[r, 3 + m].imshow(np.ma.masked_equal(hypotheses[m, k, rows, cols], 0), cmap="autumn",
+        for n, m in enumerate(picks):
+            axes[r, 3 + n].imshow(np.ma.masked_equal(hypotheses[m, k, rows, cols], 0), cmap="autumn",
                                   alpha=0.5, vmin=0, vmax=1, interpolation="nearest")
         im = axes[r, -1].imshow(entropy[k, rows, cols], cmap="magma", vmin=0, vmax=ent_max,
                                 interpolation="nearest")
