@@ -35,6 +35,7 @@ if str(REPO) not in sys.path:  # `import training` from any working directory
 
 LIDC = Path(os.environ.get("DIFFSEG_LIDC", REPO.parent / "shared" / "data" / "lidc128"))
 GLIOMA = Path(os.environ.get("DIFFSEG_GLIOMA", REPO.parent / "shared" / "data" / "glioma-example"))
+LIDC_CT = Path(os.environ.get("DIFFSEG_LIDC_CT", REPO.parent / "shared" / "data" / "lidc-ct" / "LIDC-IDRI-0001"))
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +50,11 @@ def glioma_root() -> Path:
     if not (GLIOMA / "t1.nii.gz").exists():
         pytest.skip(f"glioma example not found at {GLIOMA} (set DIFFSEG_GLIOMA)")
     return GLIOMA
+
+
+@pytest.fixture(scope="session")
+def lidc_ct_root() -> Path:
+    """The whole CT of LIDC-IDRI-0001 with its four readers' masks (issue 14)."""
+    if not (LIDC_CT / "ct.nrrd").exists():
+        pytest.skip(f"whole LIDC CT not found at {LIDC_CT} (set DIFFSEG_LIDC_CT)")
+    return LIDC_CT

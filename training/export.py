@@ -63,9 +63,16 @@ def export_run(run: str | Path, output: str | Path, name: str | None = None, hal
                 "world_size": info["world_size"], "seed": cfg["seed"], "train": cfg["train"]}
     if cfg.get("note"):  # what a reader of the card must know, e.g. that the preset is CPU-sized
         training["note"] = cfg["note"]
-    return save_model(model, output, name=name or output.name, method=method,
-                      preset=str(cfg["model"].get("preset")), sampling=sampling, inputs=card_inputs(info),
-                      classes=info["classes"], training=training, metrics=metrics, half=half)
+    folder = save_model(model, output, name=name or output.name, method=method,
+                        preset=str(cfg["model"].get("preset")), sampling=sampling, inputs=card_inputs(info),
+                        classes=info["classes"], training=training, metrics=metrics, half=half)
+    if str((info.get("data") or {}).get("dataset", "")).lower() == "lidc":
+        from .data.lidc import TERMINOLOGY  # standard terms per class for the .seg.nrrd (engine/segfile.py)
+        card_path = Path(folder) / "model.json"
+        card = json.loads(card_path.read_text())
+        card["terminology"] = TERMINOLOGY
+        card_path.write_text(json.dumps(card, indent=2) + "\n")
+    return folder
 
 
 def card_metrics(doc: dict[str, Any], split: str, step: int | None, source: str = "diffseg evaluate",
@@ -81,15 +88,15 @@ def card_metrics(doc: dict[str, Any], split: str, step: int | None, source: str 
 
 def card_inputs(info: dict[str, Any]) -> dict[str, Any]:
     """The run's ``input`` block for the card. A LIDC run trained on the 8-bit crops times 1/255; its
-    card instead says how to get there from a CT in HU: clip to ``lidc.CT_WINDOW_HU`` and stretch the
-    image's own range to [0, 1] (``minmax``), which is also exactly x / 255 on the 8-bit crops, whose
-    every crop holds a 0 and a 255 (docs/cli.md, "CT intensities (HU)")."""
+    card instead says how to get there from a CT in HU: ``lidc.CT_PREPROCESSING``, the publisher's
+    per-slice stretch over a 128x128 box around the ROI (engine/slicestretch.py), which is also exactly
+    x / 255 on the 8-bit crops, whose every crop holds a 0 and a 255 (docs/cli.md, "CT intensities (HU)")."""
     inputs = dict(info["input"])
     pre = inputs.get("preprocessing") or {}
     if (str((info.get("data") or {}).get("dataset", "")).lower() == "lidc" and pre.get("kind") == "scale"
             and abs(float(pre.get("scale", 0)) - 1 / 255) < 1e-12 and float(pre.get("offset", 0)) == 0):
-        from .data.lidc import CT_WINDOW_HU
-        inputs["preprocessing"] = {"kind": "minmax", "lower": CT_WINDOW_HU[0], "upper": CT_WINDOW_HU[1]}
+        from .data.lidc import CT_PREPROCESSING
+        inputs["preprocessing"] = dict(CT_PREPROCESSING)
     return inputs
 
 

@@ -18,12 +18,24 @@ def grid(path: Path) -> tuple:
     return img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection()
 
 
+def seg_image(folder: Path) -> sitk.Image:
+    """The .seg.nrrd's layers on the full input grid (the file holds only the ROI's box, engine/segfile.py)
+    as a SimpleITK vector image, one component per segment, on the grid of the run's consensus.nrrd."""
+    from DiffSegUncertaintyLib.engine.segfile import read_layers
+    from DiffSegUncertaintyLib.engine.volumes import read_inputs
+
+    ref = read_inputs([folder / "consensus.nrrd"]).geometry
+    layers, _ = read_layers(folder / "hypotheses.seg.nrrd", ref)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(layers, 0, -1)), isVector=True)
+    return ref.apply_to(img)
+
+
 def arrays(folder: Path, reorient: str | None = None) -> dict[str, np.ndarray]:
     """Every output volume of a run folder (optionally reoriented with DICOMOrient) plus the layers of
-    the .seg.nrrd (read by SimpleITK as a vector image: one component per segment)."""
+    the .seg.nrrd on the full grid (``seg_image``: one component per segment, last axis)."""
     out = {}
     for name in MAPS + ("hypotheses.seg.nrrd",):
-        img = sitk.ReadImage(str(folder / name))
+        img = seg_image(folder) if name == "hypotheses.seg.nrrd" else sitk.ReadImage(str(folder / name))
         if reorient:
             img = sitk.DICOMOrient(img, reorient)
         out[name] = sitk.GetArrayFromImage(img)

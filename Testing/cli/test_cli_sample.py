@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from cli_helpers import MAPS, arrays, grid, leftovers, summary
+from cli_helpers import MAPS, arrays, grid, leftovers, seg_image, summary
 
 from DiffSegUncertaintyLib.engine import testing
 
@@ -139,8 +139,8 @@ def test_2d_image_file(tmp_path, model2d):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "" and proc.stderr == ""  # --quiet: nothing but errors
     assert grid(tmp_path / "o" / "entropy.nrrd") == grid(img)
-    seg = sitk.ReadImage(str(tmp_path / "o" / "hypotheses.seg.nrrd"))
-    assert seg.GetSize() == (24, 20, 1) and seg.GetNumberOfComponentsPerPixel() == 3
+    seg = seg_image(tmp_path / "o")
+    assert seg.GetSize() == (24, 20) and seg.GetNumberOfComponentsPerPixel() == 3
 
 
 def test_models_lists_folders_from_option_and_environment(model2d, model3d):
@@ -216,7 +216,7 @@ def test_hypotheses_seg_nrrd_opens_in_slicer_on_the_input_geometry(run, volumes)
     ids = [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
     assert ids == ["hypothesis_01_1", "hypothesis_01_2", "hypothesis_02_1", "hypothesis_02_2"]
     assert seg.GetSegment("hypothesis_02_1").GetName() == "Hypothesis 02 class 1"
-    written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "hypotheses.seg.nrrd")))
+    written = sitk.GetArrayFromImage(seg_image(out))
     for n, sid in enumerate(ids):
         names = vtk.vtkStringArray()
         names.InsertNextValue(sid)

@@ -1,8 +1,9 @@
 """CT intensities: the card's HU preprocessing reproduces the network input the LIDC model was trained on.
 
 The LIDC crops are 8-bit, each stretched by its publisher to its own minimum and maximum
-(training/estimate_ct_window.py); the shipped card maps a CT in HU with
-{"kind": "minmax", "lower": -1000, "upper": 1400}. These tests pin the mapping both ways, through a real
+(training/estimate_ct_window.py); the shipped card maps a CT in HU with the same per-slice stretch,
+{"kind": "slice_minmax", "lower": -1024, "context": 128} (issue 14; test_slicestretch.py pins it on the
+whole CT); the crop demo writes the crops in HU through [-1000, 1400]. These tests pin the mapping both ways, through a real
 NRRD file, and the refusal of images that are not in HU (docs/cli.md, "CT intensities (HU)").
 """
 
@@ -27,9 +28,9 @@ def _card_spec() -> dict:
 
 
 def test_shipped_card_and_export_agree_on_the_hu_window():
-    from training.data.lidc import CT_WINDOW_HU
+    from training.data.lidc import CT_PREPROCESSING, CT_WINDOW_HU
     from training.export import card_inputs
-    assert _card_spec() == {"kind": "minmax", "lower": CT_WINDOW_HU[0], "upper": CT_WINDOW_HU[1]}
+    assert _card_spec() == CT_PREPROCESSING == {"kind": "slice_minmax", "lower": -1024.0, "context": 128}
     assert CT_WINDOW_HU == (L, U)
     run = {"data": {"dataset": "lidc"}, "input": {"channels": [{"name": "CT"}], "size": [64, 64],
            "preprocessing": {"kind": "scale", "scale": 1 / 255, "offset": 0.0}}}
@@ -112,8 +113,9 @@ def test_an_image_not_in_hu_is_refused_with_how_to_convert(tmp_path):
     eight = hu_to_uint8_window(hu, L, U)[None].astype(np.float32)
     with pytest.raises(InputError, match="not in HU.*uint8_window_to_hu"):
         preprocess(eight, {"kind": "window", "lower": L, "upper": U})
-    # minmax accepts an 8-bit export: stretching its own range is what the publisher did
-    np.testing.assert_allclose(preprocess(eight, spec), (eight - eight.min()) / (eight.max() - eight.min()))
+    # the card accepts an 8-bit export: stretching each slice's own range is what the publisher did
+    lo, hi = eight.min((2, 3), keepdims=True), eight.max((2, 3), keepdims=True)
+    np.testing.assert_allclose(preprocess(eight, spec), (eight - lo) / (hi - lo), rtol=1e-6)
     # the same image in HU passes both, and a non-CT window (bounds above -500) is not checked
     preprocess(hu[None], spec)
     preprocess(hu[None], {"kind": "window", "lower": L, "upper": U})

@@ -149,6 +149,8 @@ def test_export_samples_through_the_engine_and_the_cli(resumed_run, lidc_root, t
     assert card["training"]["step"] == best["step"] and "training.train" in card["training"]["command"]
     assert card["input"]["size"] == [16, 16] and card["classes"] == ["background", "nodule"]
     assert card["input"]["roi_required"] is True  # LIDC models are crop models
+    from training.data.lidc import CT_PREPROCESSING, TERMINOLOGY
+    assert card["input"]["preprocessing"] == CT_PREPROCESSING and card["terminology"] == TERMINOLOGY
     image = torch.rand(1, 1, 16, 16)
     y0 = sample(model, image, 2, SamplerConfig(method="ddim", steps=2), seed=0).y0
     assert y0.shape == (1, 2, 2, 16, 16) and torch.isfinite(y0).all()

@@ -38,6 +38,16 @@ PREPROCESSING = {"kind": "scale", "scale": 1 / 255, "offset": 0.0}
 # training/estimate_ct_window.py finds air at 0 and a median crop maximum of about +1400 HU
 # (docs/cli.md, "CT intensities (HU)").
 CT_WINDOW_HU = (-1000.0, 1400.0)
+# What a card asks of a CT in HU (issue 14, docs/decisions.md): the publisher's own per-slice stretch over
+# the crop's 128x128 box around the ROI, clipped below at -1024 HU (scanner padding is not tissue).
+# On the crops written in HU through CT_WINDOW_HU it gives exactly x / 255, as training did.
+CT_PREPROCESSING = {"kind": "slice_minmax", "lower": -1024.0, "context": 128}
+# Standard terminology of the nodule class for Slicer (and its DICOM SEG export): SNOMED CT.
+TERMINOLOGY = {"nodule": {"contextName": "Segmentation category and type - 3D Slicer General Anatomy list",
+                          "category": ["SCT", "49755003", "Morphologically Altered Structure"],
+                          "type": ["SCT", "27925004", "Nodule"],
+                          "anatomicContextName": "Anatomic codes - DICOM master list",
+                          "anatomicRegion": ["SCT", "39607008", "Lung"]}}
 
 
 class LIDC(Dataset):

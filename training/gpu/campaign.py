@@ -225,7 +225,7 @@ def score(model: Path, val: Path, out: Path, device: str, images: int, samples: 
     from DiffSegUncertaintyLib.engine.cli import main as diffseg
 
     args = ["evaluate", "--model", str(model), "--data", str(val), "--samples", str(samples),
-            "--device", device, "--batch-size", str(batch), "--output", str(out)]
+            "--device", device, "--batch-size", str(batch), "--output", str(out), "--overwrite"]  # a later call re-scores
     if images:
         args += ["--max-images", str(images)]
     if diffseg(args) != 0:

@@ -28,7 +28,8 @@ from .modelfile import DEFAULT_SAMPLES, PRECISIONS, broken_models, find_models, 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: request field -> the flag that sets it (pipeline.RequestError.field)
 FLAGS = {"samples": "--samples", "steps": "--steps", "sampler": "--sampler", "eta": "--eta", "seed": "--seed",
-         "roi": "--roi", "roi_mm": "--roi-mm", "device": "--device", "precision": "--precision",
+         "roi": "--roi", "roi_mm": "--roi-mm", "point": "--point", "point_mm": "--point-mm",
+         "max_slices": "--max-slices", "device": "--device", "precision": "--precision",
          "batch_size": "--batch-size", "overlap": "--overlap", "channels_last": "--channels-last",
          "output": "--output", "inputs": "the input files", "model": "--model"}
 
@@ -96,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "i0,j0,i1,j1); only voxels inside are segmented")
     roi.add_argument("--roi-mm", help="physical box x0,y0,z0,x1,y1,z1 in mm, LPS coordinates as in the "
                      "file (Slicer shows RAS: negate x and y); voxels whose centres are inside")
+    roi.add_argument("--point", help="index i,j,k of a voxel inside the lesion: the model's input box is "
+                     "centred on it and a 2D model grows the slice range while its hypotheses find the "
+                     "lesion (engine/prompt.py)")
+    roi.add_argument("--point-mm", help="the same point in mm, LPS coordinates x,y,z as in the file")
+    s.add_argument("--max-slices", type=int, default=64, help="--point with a 2D model: at most this many "
+                   "slices are sampled (default 64)")
     s.add_argument("--models-dir", action="append", default=[], help="extra folder to search for models "
                    "(repeatable; searched before $DIFFSEG_MODELS and the shipped models)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -252,6 +259,9 @@ def request_from(args: argparse.Namespace) -> Any:
     return Request(samples=args.samples, steps=args.steps, sampler=args.sampler, eta=args.eta, seed=args.seed,
                    roi=_numbers(getattr(args, "roi", None), int, "--roi"),
                    roi_mm=_numbers(getattr(args, "roi_mm", None), float, "--roi-mm"),
+                   point=_numbers(getattr(args, "point", None), int, "--point"),
+                   point_mm=_numbers(getattr(args, "point_mm", None), float, "--point-mm"),
+                   max_slices=getattr(args, "max_slices", 64),
                    device=args.device, precision=args.precision, batch_size=args.batch_size,
                    overlap=getattr(args, "overlap", 0.25),
                    channels_last=bool(getattr(args, "channels_last", False))).check()
@@ -286,6 +296,47 @@ def _say(args: argparse.Namespace, msg: str) -> None:
         print(f"diffseg: {msg}", file=sys.stderr, flush=True)
 
 
+def _with_estimate(plan: Any, card: dict[str, Any], args: argparse.Namespace, progress: Any) -> Any:
+    """The progress printer with the work announced up front (network evaluations) and the expected
+    time from the first step, updated every 10 % (engine/estimate.py), on stderr. A point prompt
+    announces the work per slice: how many slices it grows to is not known up front."""
+    from .estimate import Eta, network_evaluations, work_units
+    from .volumes import canonical_orientation
+
+    if args.quiet:
+        return progress
+    geo, roi = plan.volumes.geometry, plan.roi
+    steps, samples = len(plan.timesteps), plan.request.samples
+    shape = [b - a for a, b in zip(reversed(roi.start), reversed(roi.stop))]  # array order
+    if geo.dimension == 3:
+        perm = canonical_orientation(geo.direction, list(reversed(shape))).perm
+        shape = [shape[a] for a in perm]
+    else:
+        shape = [1, *shape]
+    two_d = int(card["architecture"]["spatial_dims"]) == 2
+    growing = plan.point is not None and two_d
+    units = 1 if growing else work_units(card, shape, plan.request.overlap)
+    what = "slice" if two_d else "patch"
+    plural = ("es" if what == "patch" else "s") if units > 1 else ""
+    _say(args, f"work: {units} {what}{plural}{' at a time (growing from the point)' if growing else ''} x "
+         f"{samples} hypotheses x {steps} steps = {network_evaluations(units, samples, steps)} network "
+         f"evaluations{' per slice' if growing else ''}; timing the first step")
+    eta = Eta(every=1.0 if growing else 0.1)  # a growing run: one line per slice
+    eta.start()
+    state = {"last": 0, "slices": 1}
+
+    def wrapped(done: int, total: int) -> None:
+        if done < state["last"]:  # a point prompt's next slice: its own progress restarts
+            state["slices"] += 1
+        state["last"] = done
+        line = eta.update(done, total) if state["slices"] == 1 else None
+        if line:
+            _say(args, f"{'first slice: ' if growing else ''}{line}")
+        progress(done, total)
+
+    return wrapped
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .pipeline import Model, Segmenter, check_output
 
@@ -300,7 +351,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
          f"{len(plan.timesteps)} steps on {plan.device} ({plan.precision})")
     progress = _Progress(args.quiet)
     try:
-        result = segmenter.run(plan, progress)
+        result = segmenter.run(plan, _with_estimate(plan, model.card, args, progress),
+                               log=None if args.quiet else lambda line: _say(args, line))
     finally:
         progress.close()
     result.timings = {"read_s": read_s, **result.timings}

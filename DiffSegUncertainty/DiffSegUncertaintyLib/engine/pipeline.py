@@ -53,8 +53,9 @@ from .inference import Roi, check_roi, run_model
 from .modelfile import DEFAULT_SAMPLES, PRECISIONS, ModelFileError, load_model, read_card, resolve_model, roi_required
 from .sampler import CancelFn, ProgressFn, SamplerConfig, check_precision, sample
 from .uncertainty import UncertaintyMaps, summarize
-from .volumes import (PALETTE, Geometry, InputVolumes, Segment, physical_box_to_index, preprocess, read_inputs,
-                      write_seg_nrrd, write_volume)
+from .segfile import write_seg
+from .volumes import (PALETTE, Geometry, InputVolumes, Segment, canonical_orientation, physical_box_to_index,
+                      preprocess, read_inputs, write_volume)
 
 #: The files ``Result.write`` puts in an output folder (docs/cli.md); the Slicer scene layer loads them.
 OUTPUT_FILES = ("hypotheses.seg.nrrd", "consensus.nrrd", "mean_probability.nrrd", "entropy.nrrd",
@@ -88,7 +89,10 @@ class Request:
 
     samples: hypotheses M. steps, sampler, eta, spacing: the reverse chain (card defaults). seed: hypothesis k
     draws its noise from (seed, k). roi: index box (i0, j0[, k0], i1, j1[, k1]), start inclusive, stop
-    exclusive; roi_mm: physical LPS box in mm (voxels whose centres lie inside); at most one of them.
+    exclusive; roi_mm: physical LPS box in mm (voxels whose centres lie inside); point / point_mm: a voxel
+    index (i, j[, k]) or an LPS point in mm inside the lesion: the model's input box is centred on it and a
+    2D model grows the slice range while its hypotheses find the lesion, at most ``max_slices`` slices
+    (engine/prompt.py); at most one of roi, roi_mm, point, point_mm.
     device: auto (cuda, else mps, else cpu), cpu, cuda, mps. precision: fp32, bf16 (networks under
     autocast) or auto (``resolve_precision``: bf16 where the hardware runs it natively, else fp32). batch_size: (slice or patch, hypothesis) pairs per network call (None: the device's
     default). overlap: 3D sliding-window overlap in [0, 1). channels_last: memory format.
@@ -102,6 +106,9 @@ class Request:
     seed: int = 0
     roi: Sequence[int] | None = None
     roi_mm: Sequence[float] | None = None
+    point: Sequence[int] | None = None
+    point_mm: Sequence[float] | None = None
+    max_slices: int = 64
     device: str = "auto"
     precision: str = "fp32"
     batch_size: int | None = None
@@ -130,6 +137,7 @@ class Request:
         integer("samples", self.samples, 1)
         integer("steps", self.steps, 1, optional=True)
         integer("batch_size", self.batch_size, 1, optional=True)
+        integer("max_slices", self.max_slices, 1)
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise RequestError("seed", f"must be a whole number (got {self.seed!r})")
         if self.sampler is not None and self.sampler not in SAMPLERS:
@@ -144,8 +152,17 @@ class Request:
             raise RequestError("device", f"must be one of {', '.join(DEVICES)} (got {self.device!r})")
         if self.precision not in PRECISION_CHOICES:
             raise RequestError("precision", f"must be one of {', '.join(PRECISION_CHOICES)} (got {self.precision!r})")
-        if self.roi is not None and self.roi_mm is not None:
-            raise RequestError("roi", "and roi_mm were both given: pass one box")
+        given = [n for n in ("roi", "roi_mm", "point", "point_mm") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise RequestError(given[0], f"and {given[1]} were both given: pass one box or one point")
+        for name, pt in (("point", self.point), ("point_mm", self.point_mm)):
+            if pt is None:
+                continue
+            if len(pt) not in (2, 3):
+                raise RequestError(name, f"needs 2 numbers (2D) or 3 (3D), got {len(pt)}")
+            values = [number(name, v) for v in pt]
+            if name == "point" and any(v != int(v) for v in values):
+                raise RequestError(name, f"must hold a voxel index (whole numbers), got {list(pt)}")
         for name, box in (("roi", self.roi), ("roi_mm", self.roi_mm)):
             if box is None:
                 continue
@@ -233,25 +250,19 @@ def volumes_from_array(array: np.ndarray, spacing: Sequence[float] | None = None
                        channels: bool = False) -> InputVolumes:
     """An image held in memory as the pipeline's input: ``array`` (*S) or, with ``channels``, (C, *S),
     in SimpleITK array order ((k, j, i) for 3D); the grid defaults to spacing 1, origin 0, identity."""
-    import SimpleITK as sitk
-
     a = np.asarray(array, dtype=np.float32)
     a = a if channels else a[None]
     if a.ndim not in (3, 4) or 0 in a.shape:
         raise RequestError("inputs", f"must be a 2D or 3D array (one per channel); got shape {np.shape(array)}")
     if not np.isfinite(a).all():
         raise RequestError("inputs", f"hold {int((~np.isfinite(a)).sum())} NaN or infinite voxel(s)")
-    ref = sitk.GetImageFromArray(a[0])
-    dim = ref.GetDimension()
-    if spacing is not None:
-        ref.SetSpacing([float(s) for s in spacing])
-    if origin is not None:
-        ref.SetOrigin([float(o) for o in origin])
-    if direction is not None:
-        ref.SetDirection([float(d) for d in direction])
-    geo = Geometry(size=tuple(ref.GetSize()), spacing=tuple(ref.GetSpacing()), origin=tuple(ref.GetOrigin()),
-                   direction=tuple(ref.GetDirection()), reference=ref)
-    assert geo.dimension == dim
+    dim = a.ndim - 1
+    # no SimpleITK here: scoring arrays (diffseg evaluate) runs where only torch and numpy are installed
+    geo = Geometry(size=tuple(reversed(a.shape[1:])),
+                   spacing=tuple(float(v) for v in (spacing if spacing is not None else [1.0] * dim)),
+                   origin=tuple(float(v) for v in (origin if origin is not None else [0.0] * dim)),
+                   direction=tuple(float(v) for v in (direction if direction is not None
+                                                      else np.eye(dim).ravel())))
     return InputVolumes(a, geo, [])
 
 
@@ -348,30 +359,30 @@ class Plan:
     device: str
     memory_bytes: int
     precision: str = "fp32"     # the request's, "auto" resolved for the device
+    point: list[int] | None = None  # point / point_mm as a voxel index (i, j[, k]); roi: the box it may grow in
 
 
 @dataclass
 class Result:
     """The hypotheses of one run and their maps, restricted to the ROI; ``write`` makes the output folder.
 
-    y0: (M, C, *roi_shape) float32 label-embedding hypotheses; maps: ``uncertainty.summarize`` of them."""
+    y0: (M, C, *roi_shape) float32 label-embedding hypotheses; maps: ``uncertainty.summarize`` of them; roi:
+    the box sampled (the plan's, or the slices a point prompt grew to); growth: the point prompt's record."""
 
     model: Model
     plan: Plan
+    roi: Roi
     y0: torch.Tensor
     maps: UncertaintyMaps
     batch_size: int
     skipped: int
     device: str
     timings: dict[str, float] = field(default_factory=dict)
+    growth: dict[str, Any] | None = None
 
     @property
     def geometry(self) -> Geometry:
         return self.plan.volumes.geometry
-
-    @property
-    def roi(self) -> Roi:
-        return self.plan.roi
 
     def probabilities(self, tau: float | None = None) -> torch.Tensor:
         """(M, C, *roi_shape) softmax(y0 / tau) over classes (PGRD Sec. II-E; tau: the model's tau_out)."""
@@ -410,6 +421,7 @@ class Result:
             "precision": self.plan.precision, "precision_requested": req.precision,
             "channels_last": bool(req.channels_last),
             "roi": {"start": list(self.roi.start), "stop": list(self.roi.stop)},
+            "point": self.plan.point, "growth": self.growth,  # the slices a point prompt grew to
             "grid": geo.as_dict(), "classes": classes, "tau_out": self.model.tau_out,
             "skipped_constant": self.skipped, "hypotheses": hyps,
             "spread": {"voxels": maps.spread_voxels, "mm3": maps.spread_mm3},
@@ -417,7 +429,8 @@ class Result:
         }
 
     def segments(self, labels: np.ndarray) -> list[Segment]:
-        """One segment per hypothesis and foreground class of the whole-grid labels (M, *S)."""
+        """One segment per hypothesis and foreground class of the labels (M, *S), with the card's
+        terminology (``segfile.write_seg``)."""
         classes = self.model.classes
         multi = len(classes) > 2
         segs = []
@@ -438,7 +451,9 @@ class Result:
         t0 = time.perf_counter()
         with atomic_folder(out, overwrite) as tmp:
             geo, maps = self.geometry, self.maps
-            write_seg_nrrd(self.segments(self.on_grid(maps.labels, np.uint8)), geo, tmp / "hypotheses.seg.nrrd")
+            # the segmentation holds the ROI's box only, on the input's grid (engine/segfile.py)
+            write_seg(self.segments(maps.labels.cpu().numpy().astype(np.uint8)), geo, self.roi.start,
+                      tmp / "hypotheses.seg.nrrd", self.model.card.get("terminology"))
             write_volume(self.on_grid(maps.consensus, np.uint8), geo, tmp / "consensus.nrrd")
             write_volume(self.on_grid(1 - maps.mean_probability[0], np.float32), geo, tmp / "mean_probability.nrrd")
             write_volume(self.on_grid(maps.predictive_entropy, np.float32), geo, tmp / "entropy.nrrd")
@@ -593,10 +608,22 @@ class Segmenter:
         if int(arch["spatial_dims"]) == 3 and (geo.dimension != 3 or 1 in geo.size):
             raise RequestError("inputs", f"are a 2D image (size {list(geo.size)}) but the model "
                                f"{model.name!r} is 3D")
-        if model.roi_required and req.roi is None and req.roi_mm is None:
+        if model.roi_required and all(getattr(req, n) is None for n in ("roi", "roi_mm", "point", "point_mm")):
             raise RequestError("roi", f"is needed: the model {model.name!r} was trained on boxes around the "
-                               "target; give the box (roi or roi_mm)")
-        roi = None
+                               "target; give the box (roi or roi_mm) or a point inside it (point or point_mm)")
+        roi, point = None, None
+        if req.point is not None or req.point_mm is not None:
+            from .prompt import box_around_point, point_index, slice_index_axis
+            name = "point" if req.point is not None else "point_mm"
+            try:
+                point = point_index(geo, list(getattr(req, name)), mm=name == "point_mm")
+            except InputError as e:
+                raise RequestError(name, str(e)) from None
+            lo, hi = box_around_point(geo, point, model.input_size, int(arch["spatial_dims"]))
+            axis = slice_index_axis(geo)
+            if int(arch["spatial_dims"]) == 2 and axis is not None:  # the slices it may grow into
+                lo[axis], hi[axis] = 0, geo.size[axis]
+            roi = Roi(lo, hi)
         if req.roi is not None or req.roi_mm is not None:
             name = "roi" if req.roi is not None else "roi_mm"
             box = list(req.roi if req.roi is not None else req.roi_mm)
@@ -614,7 +641,10 @@ class Segmenter:
             roi = check_roi(roi, geo)
         except InputError as e:
             raise RequestError("roi", str(e).removeprefix("the ROI ")) from None
-        image = preprocess(vols.channels, model.preprocessing)
+        # slice_minmax stretches per axial slice around the ROI (engine/slicestretch.py)
+        axis = (canonical_orientation(geo.direction, [b - a for a, b in zip(roi.start, roi.stop)]).perm[0]
+                if geo.dimension == 3 else None)
+        image = preprocess(vols.channels, model.preprocessing, box=roi.slices(), slice_axis=axis)
         crop = image[(slice(None),) + roi.slices()]
         if all(float(c.max()) == float(c.min()) for c in crop):
             raise RequestError("inputs", "are constant inside the region to segment: nothing to segment")
@@ -638,10 +668,12 @@ class Segmenter:
             raise RequestError("samples", f"{req.samples} need about {need / 2 ** 30:.1f} GiB of memory for the "
                                f"hypotheses and maps but {have / 2 ** 30:.1f} GiB is available: draw fewer "
                                "samples or give a smaller ROI")
-        return Plan(req, vols, image, roi, config, timesteps, device, need, precision)
+        return Plan(req, vols, image, roi, config, timesteps, device, need, precision, point)
 
-    def run(self, plan: Plan, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> Result:
-        """Sample the planned request and compute the maps; SamplingFailed if anything is not finite."""
+    def run(self, plan: Plan, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+            log: Callable[[str], None] | None = None) -> Result:
+        """Sample the planned request and compute the maps; SamplingFailed if anything is not finite.
+        ``log`` gets a line per slice a point prompt draws."""
         req, timings = plan.request, {}
         t0 = time.perf_counter()
         device = plan.device
@@ -655,10 +687,16 @@ class Segmenter:
             network = self.model.network.to(device)
         timings["load_model_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        res = run_model(network, self.model.card, plan.image, plan.volumes.geometry, req.samples, plan.config,
-                        req.seed, roi=plan.roi, batch_size=req.batch_size, progress=progress, cancel=cancel,
-                        overlap=req.overlap, precision=plan.precision, channels_last=req.channels_last,
-                        sample_fn=self.sample_fn)
+        options = dict(batch_size=req.batch_size, progress=progress, cancel=cancel, overlap=req.overlap,
+                       precision=plan.precision, channels_last=req.channels_last, sample_fn=self.sample_fn)
+        if plan.point is not None:
+            from .prompt import sample_from_point
+            res, _ = sample_from_point(network, self.model.card, plan.image, plan.volumes.geometry,
+                                            plan.point, req.samples, plan.config, req.seed,
+                                            max_slices=req.max_slices, on_slice=log, **options)
+        else:
+            res = run_model(network, self.model.card, plan.image, plan.volumes.geometry, req.samples,
+                            plan.config, req.seed, roi=plan.roi, **options)
         timings["sampling_s"] = time.perf_counter() - t0
         _check_finite(res.y0, "hypotheses")
         t0 = time.perf_counter()
@@ -667,7 +705,8 @@ class Segmenter:
         timings["uncertainty_s"] = time.perf_counter() - t0
         for name in ("mean_probability", "predictive_entropy", "mutual_information", "foreground_variance"):
             _check_finite(getattr(maps, name), name.replace("_", " "))
-        return Result(self.model, plan, res.y0, maps, res.batch_size, res.skipped, device, timings)
+        return Result(self.model, plan, res.roi, res.y0, maps, res.batch_size, res.skipped, device, timings,
+                      res.extras.get("growth"))
 
     def __call__(self, inputs: Any, request: Request | None = None, progress: ProgressFn | None = None,
                  cancel: CancelFn | None = None) -> Result:

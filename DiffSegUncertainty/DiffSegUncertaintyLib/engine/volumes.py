@@ -10,7 +10,6 @@ Arrays follow SimpleITK's order: a 3D image of size (i, j, k) is an array (k, j,
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import math
 import os
@@ -34,7 +33,6 @@ class Geometry:
     spacing: tuple[float, ...]
     origin: tuple[float, ...]
     direction: tuple[float, ...]   # row-major, dimension x dimension
-    reference: sitk.Image = field(repr=False)
 
     @property
     def dimension(self) -> int:
@@ -48,6 +46,26 @@ class Geometry:
     def array_spacing(self) -> tuple[float, ...]:
         """Spacing per array axis (k, j, i)."""
         return tuple(reversed(self.spacing))
+
+    def _matrix(self) -> np.ndarray:
+        """Index (i, j, k) to physical offset: direction @ diag(spacing), as ITK defines the grid."""
+        d = np.asarray(self.direction, float).reshape(self.dimension, self.dimension)
+        return d @ np.diag(np.asarray(self.spacing, float))
+
+    def physical_to_continuous_index(self, point: Sequence[float]) -> np.ndarray:
+        """ITK's TransformPhysicalPointToContinuousIndex, without SimpleITK (LPS mm -> fractional index)."""
+        return np.linalg.solve(self._matrix(), np.asarray(point, float) - np.asarray(self.origin, float))
+
+    def index_to_physical(self, index: Sequence[float]) -> np.ndarray:
+        """ITK's TransformContinuousIndexToPhysicalPoint (index -> LPS mm)."""
+        return np.asarray(self.origin, float) + self._matrix() @ np.asarray(index, float)
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        """Put ``image`` (same size) on this grid: spacing, origin and direction; returns it."""
+        image.SetSpacing([float(v) for v in self.spacing])
+        image.SetOrigin([float(v) for v in self.origin])
+        image.SetDirection([float(v) for v in self.direction])
+        return image
 
     def as_dict(self) -> dict[str, Any]:
         return {"size": list(self.size), "spacing": list(self.spacing), "origin": list(self.origin),
@@ -119,15 +137,15 @@ def read_inputs(paths: Sequence[str | os.PathLike]) -> InputVolumes:
                 raise InputError(f"{path} has {int(bad.sum())} NaN or infinite voxel(s)")
             channels.append(part)
     geometry = Geometry(size=tuple(ref.GetSize()), spacing=tuple(ref.GetSpacing()),
-                        origin=tuple(ref.GetOrigin()), direction=tuple(ref.GetDirection()),
-                        reference=ref)
+                        origin=tuple(ref.GetOrigin()), direction=tuple(ref.GetDirection()))
     return InputVolumes(np.stack(channels), geometry, [str(p) for p in paths])
 
 
 # -- preprocessing ---------------------------------------------------------------------------------
 
 PREPROCESSING_FIELDS = {"none": set(), "window": {"lower", "upper"}, "zscore": {"nonzero"},
-                        "scale": {"scale", "offset"}, "minmax": {"lower", "upper"}}
+                        "scale": {"scale", "offset"}, "minmax": {"lower", "upper"},
+                        "slice_minmax": {"lower", "upper", "context"}}
 
 #: A clip bound at or below this (HU) marks a CT preprocessing: air (-1000 HU) and lung (about -850 HU)
 #: lie below it, so the spec only makes sense for an image in Hounsfield units.
@@ -174,7 +192,8 @@ def _check_hu(x: np.ndarray, kind: str, lower: float) -> None:
 
 
 def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]] | None,
-               mask: np.ndarray | None = None) -> np.ndarray:
+               mask: np.ndarray | None = None, box: Sequence[slice] | None = None,
+               slice_axis: int | None = 0) -> np.ndarray:
     """Intensity preprocessing from the card's ``input.preprocessing``: one spec for every channel or a
     list with one per channel. Statistics are taken inside ``mask`` (e.g. the ROI) when given, so a
     crop is normalised the way the whole volume would be only if the caller passes the whole volume.
@@ -184,6 +203,10 @@ def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]]
         image's own minimum and maximum to [0, 1] (inside ``mask`` when given; a constant image gives 0).
         A whole CT spans [L, U], so this is the window; a crop is stretched on its own, as the LIDC
         publisher stretched each 8-bit crop (docs/cli.md, "CT intensities (HU)").
+    {"kind": "slice_minmax", "lower": L, "upper": U, "context": N}: per slice (along ``slice_axis`` of
+        a 3D image), clip to [L, U] (each optional) and stretch by the slice's minimum and maximum inside
+        an N x N box centred on ``box`` (the ROI, array-order slices; None: the image): the LIDC
+        publisher's per-crop stretch reproduced on a whole CT (engine/slicestretch.py).
     A bound at or below -500 marks a CT spec: an image with nothing below 0 is refused for ``window``,
     and for ``minmax`` when it also goes above 255 (``_check_hu``).
     {"kind": "zscore", "nonzero": bool}: (x - mean) / std per channel; nonzero: statistics over
@@ -223,6 +246,17 @@ def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]]
             vmin = float(vals.min()) if vals.size else 0.0
             vmax = float(vals.max()) if vals.size else 0.0
             out[c] = (xc - vmin) / (vmax - vmin) if vmax > vmin else 0.0
+        elif kind == "slice_minmax":
+            from .slicestretch import slice_minmax
+            lo = float(s["lower"]) if s.get("lower") is not None else None
+            hi = float(s["upper"]) if s.get("upper") is not None else None
+            if lo is not None and hi is not None and not hi > lo:
+                raise InputError(f"preprocessing slice_minmax needs upper > lower (got {lo}, {hi})")
+            if int(s.get("context", 0)) < 1:
+                raise InputError("preprocessing slice_minmax needs context, the training crop's size in voxels")
+            if lo is not None and lo <= HU_SPEC_BELOW:
+                _check_hu(x, "minmax", lo)
+            out[c] = slice_minmax(x, lo, hi, int(s["context"]), box, slice_axis)
         elif kind == "zscore":
             nonzero = bool(s.get("nonzero", False))
             sel = x != 0 if nonzero else np.ones(x.shape, bool)
@@ -238,7 +272,7 @@ def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]]
             out[c] = x * float(s.get("scale", 1.0)) + float(s.get("offset", 0.0))
         else:
             raise InputError(f"unknown preprocessing kind {kind!r} in the model card "
-                             "(expected window, minmax, zscore, scale or none)")
+                             "(expected window, minmax, slice_minmax, zscore, scale or none)")
     return out
 
 
@@ -311,7 +345,7 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: str | os.PathLike,
     if array.shape != geometry.array_shape:
         raise ValueError(f"array of shape {array.shape} for a grid of shape {geometry.array_shape}")
     img = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    img.CopyInformation(geometry.reference)
+    geometry.apply_to(img)
     sitk.WriteImage(img, str(path), compress)
 
 
@@ -331,76 +365,12 @@ class Segment:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def _fmt(v: float) -> str:
-    return repr(float(v))
-
-
-def write_seg_nrrd(segments: list[Segment], geometry: Geometry, path: str | os.PathLike) -> None:
-    """Write a Slicer segmentation file with overlapping segments, one layer each.
-
-    Why plain header code: Slicer reads overlapping segments from a 4D NRRD whose first axis is a
-    "list" of layers, with per-segment ``Segment{n}_*`` key/value fields; SimpleITK cannot write the
-    "list domain domain domain" kinds. The space is LPS, as SimpleITK's own NRRD files, so Slicer puts
-    the segmentation exactly on the input volume. 2D inputs are written as one-slice 3D volumes.
-    """
-    if not segments:
-        raise ValueError("a segmentation needs at least one segment")
-    size, spacing, origin = list(geometry.size), list(geometry.spacing), list(geometry.origin)
-    direction = np.asarray(geometry.direction, float).reshape(geometry.dimension, geometry.dimension)
-    if geometry.dimension == 2:
-        size, spacing, origin = size + [1], spacing + [1.0], origin + [0.0]
-        d3 = np.eye(3)
-        d3[:2, :2] = direction
-        direction = d3
-    layers = np.stack([np.asarray(s.mask).reshape(tuple(reversed(size))) for s in segments], axis=-1)
-    layers = np.ascontiguousarray(layers.astype(np.uint8))  # (k, j, i, layer): layer varies fastest
-    ni, nj, nk = size
-    extent = f"0 {ni - 1} 0 {nj - 1} 0 {nk - 1}"
-    dirs = " ".join("(" + ",".join(_fmt(direction[r, c] * spacing[c]) for r in range(3)) + ")"
-                    for c in range(3))
-    lines = [
-        "NRRD0004",
-        "# Complete NRRD file format specification at:",
-        "# http://teem.sourceforge.net/nrrd/format.html",
-        "type: unsigned char",
-        "dimension: 4",
-        "space: left-posterior-superior",
-        f"sizes: {len(segments)} {ni} {nj} {nk}",
-        f"space directions: none {dirs}",
-        "kinds: list domain domain domain",
-        "encoding: gzip",
-        "space origin: (" + ",".join(_fmt(o) for o in origin) + ")",
-        "Segmentation_ContainedRepresentationNames:=Binary labelmap|",
-        "Segmentation_ConversionParameters:=",
-        "Segmentation_MasterRepresentation:=Binary labelmap",
-        "Segmentation_ReferenceImageExtentOffset:=0 0 0",
-    ]
-    for n, s in enumerate(segments):
-        tags = "".join(f"{k}:{v}|" for k, v in s.tags.items())
-        lines += [
-            f"Segment{n}_Color:=" + " ".join(_fmt(c) for c in s.color),
-            f"Segment{n}_ColorAutoGenerated:=0",
-            f"Segment{n}_Extent:={extent}",
-            f"Segment{n}_ID:={s.id}",
-            f"Segment{n}_LabelValue:=1",
-            f"Segment{n}_Layer:={n}",
-            f"Segment{n}_Name:={s.name}",
-            f"Segment{n}_NameAutoGenerated:=0",
-            f"Segment{n}_Tags:={tags}",
-        ]
-    header = ("\n".join(lines) + "\n\n").encode("utf-8")
-    with open(path, "wb") as f:
-        f.write(header)
-        f.write(gzip.compress(layers.tobytes(), compresslevel=1, mtime=0))
-
-
 def physical_box_to_index(geometry: Geometry, lower: Sequence[float], upper: Sequence[float]
                           ) -> tuple[list[int], list[int]]:
     """The index box [start, stop) of the voxels whose centres lie in a physical (LPS mm) box (the
     box's 8 corners mapped to continuous indices; any orientation), clipped to the image."""
     corners = itertools.product(*[(min(lo, hi), max(lo, hi)) for lo, hi in zip(lower, upper)])
-    ref = geometry.reference
-    idx = np.array([ref.TransformPhysicalPointToContinuousIndex([float(c) for c in p]) for p in corners])
+    idx = np.array([geometry.physical_to_continuous_index([float(c) for c in p]) for p in corners])
     start = [max(0, int(math.ceil(v - 1e-6))) for v in idx.min(0)]
     stop = [min(n, int(math.floor(v + 1e-6)) + 1) for v, n in zip(idx.max(0), geometry.size)]
     return start, stop
