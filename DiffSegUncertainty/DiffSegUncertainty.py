@@ -505,6 +505,7 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             input_volume=self.ui.inputVolumeSelector.currentNode(),
             extra_volumes=[selector.currentNode() for _, selector in self.channelSelectors],
             roi=self.ui.roiSelector.currentNode(),
+            point=reading.placed_point(self.ui.roiSelector.currentNode()),
             model_folder=self.currentModelFolder(),
             samples=self.ui.samplesSpinBox.value,
             steps=self.ui.stepsSpinBox.value or None,

@@ -79,6 +79,7 @@ def test_place_roi_button_puts_the_models_box_on_the_clicked_point(panel):
     assert point.GetScene() is None and interaction.GetCurrentInteractionMode() == interaction.ViewTransform
     node = slicer.mrmlScene.GetSingletonNode("DiffSegUncertainty", "vtkMRMLScriptedModuleNode")
     assert node.GetNodeReference("roi") is roi  # saved with the scene
+    assert w.request().point == pytest.approx((1.0, -2.0, 3.0))  # the run grows slices from the click
 
 
 def test_an_unplaced_roi_is_refused_before_anything_starts(panel):

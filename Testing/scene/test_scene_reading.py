@@ -16,6 +16,7 @@ from scene_helpers import array, load_volume
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLSliceCompositeNode, vtkMRMLSliceNode
 from test_scene_run import segment_mask
 
+from DiffSegUncertaintyLib.engine import cli
 from DiffSegUncertaintyLib.engine.modelfile import read_card
 from DiffSegUncertaintyLib.scene import colors, reading
 from DiffSegUncertaintyLib.scene.app import create_headless_app
@@ -180,6 +181,16 @@ def test_roi_helper_places_the_models_box_and_unplaced_or_flat_rois_are_refused(
     flat.AddControlPoint([0.0, 0.0, 0.0])  # placed by one click: a point, no extent
     with pytest.raises(InputProblem, match="zero size"):
         logic.validate(SampleRequest(volume, model, roi=flat))
+    # the click travels with the run as --point-mm (LPS) while the ROI stays where the helper put it
+    assert reading.placed_point(roi) == pytest.approx((1.0, 2.0, 3.0))
+    cmd = logic.command(SampleRequest(volume, model, roi=roi, point=reading.placed_point(roi)), [tmp_path / "i"],
+                        tmp_path / "o")
+    assert "--point-mm=-1.000000,-2.000000,3.000000" in cmd and not any(c.startswith("--roi") for c in cmd)
+    assert cli.build_parser().parse_args(cmd[3:]).point_mm == "-1.000000,-2.000000,3.000000"
+    roi.SetCenter(4.0, 2.0, 3.0)  # moved by the user: that box is what they ask for
+    assert reading.placed_point(roi) is None
+    assert any(c.startswith("--roi-mm=") for c in logic.command(SampleRequest(volume, model, roi=roi),
+                                                                 [tmp_path / "i"], tmp_path / "o"))
     two_d = {**card, "input": {**card["input"], "size": [6, 4]}}
     r, a, s = reading.model_box_mm(two_d, volume)
     assert (r, a) == pytest.approx((4 * spacing[0], 6 * spacing[1])) and s == pytest.approx(min(r, a))

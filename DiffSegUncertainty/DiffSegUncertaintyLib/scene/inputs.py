@@ -15,7 +15,7 @@ import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import vtk
@@ -36,6 +36,7 @@ class SampleRequest:
     model_folder: str | os.PathLike | None = None
     extra_volumes: list = field(default_factory=list)
     roi: Any = None                          # vtkMRMLMarkupsROINode
+    point: tuple[float, float, float] | None = None  # RAS world point the ROI helper was placed on (see below)
     samples: int = 16
     steps: int | None = None                 # None: the card's default
     seed: int = 0
@@ -116,14 +117,25 @@ def roi_box_lps(roi, volume) -> tuple[list[float], list[float]]:
     bounds = [0.0] * 6
     roi.GetRASBounds(bounds)
     corners = [list(c) for c in itertools.product(bounds[0:2], bounds[2:4], bounds[4:6])]
-    parent = volume.GetParentTransformNode()
-    if parent is not None:
-        world_to_volume = vtk.vtkGeneralTransform()
-        vtkMRMLTransformNode.GetTransformBetweenNodes(None, parent, world_to_volume)
-        corners = [list(world_to_volume.TransformPoint(c)) for c in corners]
-    ras = np.array(corners)
+    ras = np.array(_world_to_volume(corners, volume))
     lo, hi = ras.min(0), ras.max(0)
     return [-hi[0], -hi[1], lo[2]], [-lo[0], -lo[1], hi[2]]
+
+
+def _world_to_volume(points: list[list[float]], volume) -> list[list[float]]:
+    """World RAS points in the coordinates the volume's file is written in (its parent transform undone)."""
+    parent = volume.GetParentTransformNode()
+    if parent is None:
+        return [list(p) for p in points]
+    world_to_volume = vtk.vtkGeneralTransform()
+    vtkMRMLTransformNode.GetTransformBetweenNodes(None, parent, world_to_volume)
+    return [list(world_to_volume.TransformPoint(p)) for p in points]
+
+
+def point_lps(point_ras: Sequence[float], volume) -> list[float]:
+    """A world RAS point in the volume's own physical space, in LPS mm (``--point-mm``)."""
+    x, y, z = _world_to_volume([list(point_ras)], volume)[0]
+    return [-x, -y, z]
 
 
 def write_input(volume, path: str | Path) -> Path:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from ..engine.modelfile import PRECISIONS
 from .export import export_run
-from .inputs import InputProblem, SampleRequest, check_request, roi_box_lps, write_input
+from .inputs import InputProblem, SampleRequest, check_request, point_lps, roi_box_lps, write_input
 from .progress import ProgressTracker
 from .results import ResultsError, RunNodes, load_run
 from .runner import ProcessRunner, Runner
@@ -117,7 +117,11 @@ class DiffSegUncertaintyLogic:
             cmd += ["--steps", str(request.steps)]
         if request.precision != "fp32":
             cmd += ["--precision", request.precision]
-        if request.roi is not None:
+        if request.point is not None:
+            # the ROI helper's click: the sampler centres the model's box on it and a 2D model grows
+            # the slice range while its hypotheses find the lesion (engine/prompt.py)
+            cmd.append("--point-mm=" + ",".join(f"{v:.6f}" for v in point_lps(request.point, request.input_volume)))
+        elif request.roi is not None:
             lower, upper = roi_box_lps(request.roi, request.input_volume)
             # one "=" argument: a box starting with a negative number must not look like an option
             cmd.append("--roi-mm=" + ",".join(f"{v:.6f}" for v in (*lower, *upper)))

@@ -313,10 +313,26 @@ def model_box_mm(card: dict[str, Any], volume) -> tuple[float, float, float]:
     return size[2] * float(spacing[-1]), size[1] * float(spacing[-2]), size[0] * float(spacing[-3])
 
 
+POINT_ATTRIBUTE = "DiffSeg.PointRAS"  # on an ROI the helper placed: the clicked point
+
+
 def place_model_roi(scene: vtkMRMLScene, card: dict[str, Any], volume, center_ras, roi=None):
     """An ROI of the model's input size centred on a point (a new node unless ``roi`` is given)."""
     if roi is None:
         roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"{card.get('name', 'model')} ROI")
     roi.SetCenter(*[float(c) for c in center_ras])
     roi.SetSize(*model_box_mm(card, volume))
+    roi.SetAttribute(POINT_ATTRIBUTE, ",".join(repr(float(c)) for c in center_ras))
     return roi
+
+
+def placed_point(roi) -> tuple[float, float, float] | None:
+    """The click the ROI helper placed ``roi`` on, while the ROI is still centred there (a user who
+    moved or redrew it asked for that box instead); None otherwise. A run with the point lets the
+    sampler grow the slice range from it (``diffseg sample --point-mm``)."""
+    if roi is None or not roi.GetAttribute(POINT_ATTRIBUTE):
+        return None
+    point = tuple(float(v) for v in roi.GetAttribute(POINT_ATTRIBUTE).split(","))
+    centre = [0.0, 0.0, 0.0]
+    roi.GetCenter(centre)
+    return point if max(abs(a - b) for a, b in zip(point, centre)) < 1e-3 else None
