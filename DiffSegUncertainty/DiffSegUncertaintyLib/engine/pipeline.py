@@ -53,13 +53,11 @@ from .inference import Roi, check_roi, run_model
 from .modelfile import DEFAULT_SAMPLES, PRECISIONS, ModelFileError, load_model, read_card, resolve_model, roi_required
 from .sampler import CancelFn, ProgressFn, SamplerConfig, check_precision, sample
 from .uncertainty import UncertaintyMaps, summarize
+from .outputs import CONSENSUS_FILE, MAP_FILES, OUTPUT_FILES, SEGMENTATION_FILE, SUMMARY_FILE
 from .segfile import write_seg
 from .volumes import (PALETTE, Geometry, InputVolumes, Segment, canonical_orientation, physical_box_to_index,
                       preprocess, read_inputs, write_volume)
 
-#: The files ``Result.write`` puts in an output folder (docs/cli.md); the Slicer scene layer loads them.
-OUTPUT_FILES = ("hypotheses.seg.nrrd", "consensus.nrrd", "mean_probability.nrrd", "entropy.nrrd",
-                "mutual_information.nrrd", "variance.nrrd", "summary.json")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SAMPLERS = ("ddpm", "ddim")
 SPACINGS = ("leading", "trailing", "linspace")
@@ -453,15 +451,15 @@ class Result:
             geo, maps = self.geometry, self.maps
             # the segmentation holds the ROI's box only, on the input's grid (engine/segfile.py)
             write_seg(self.segments(maps.labels.cpu().numpy().astype(np.uint8)), geo, self.roi.start,
-                      tmp / "hypotheses.seg.nrrd", self.model.card.get("terminology"))
-            write_volume(self.on_grid(maps.consensus, np.uint8), geo, tmp / "consensus.nrrd")
-            write_volume(self.on_grid(1 - maps.mean_probability[0], np.float32), geo, tmp / "mean_probability.nrrd")
-            write_volume(self.on_grid(maps.predictive_entropy, np.float32), geo, tmp / "entropy.nrrd")
-            write_volume(self.on_grid(maps.mutual_information, np.float32), geo, tmp / "mutual_information.nrrd")
-            write_volume(self.on_grid(maps.foreground_variance, np.float32), geo, tmp / "variance.nrrd")
+                      tmp / SEGMENTATION_FILE, self.model.card.get("terminology"))
+            write_volume(self.on_grid(maps.consensus, np.uint8), geo, tmp / CONSENSUS_FILE)
+            write_volume(self.on_grid(1 - maps.mean_probability[0], np.float32), geo, tmp / MAP_FILES["mean_probability"])
+            write_volume(self.on_grid(maps.predictive_entropy, np.float32), geo, tmp / MAP_FILES["entropy"])
+            write_volume(self.on_grid(maps.mutual_information, np.float32), geo, tmp / MAP_FILES["mutual_information"])
+            write_volume(self.on_grid(maps.foreground_variance, np.float32), geo, tmp / MAP_FILES["variance"])
             self.timings["write_s"] = time.perf_counter() - t0
             self.timings["total_s"] = sum(v for k, v in self.timings.items() if k != "total_s")
-            (tmp / "summary.json").write_text(json.dumps(jsonable(self.summary()), indent=2, allow_nan=False) + "\n")
+            (tmp / SUMMARY_FILE).write_text(json.dumps(jsonable(self.summary()), indent=2, allow_nan=False) + "\n")
         return out
 
 

@@ -33,18 +33,16 @@ from slicer import (
     vtkSlicerSegmentationsModuleLogic,
 )
 
+from ..engine.outputs import CONSENSUS_FILE, MAP_FILES, SEGMENTATION_FILE, SUMMARY_FILE
 from .colors import distinct_colors, inferno_node
 
 ROLE = "DiffSeg.Role"          # node attribute: which output a node is (export and reloaded scenes use it)
 RUN = "DiffSeg.Run"            # subject-hierarchy folder attribute: the run number
-SEGMENTATION_FILE = "hypotheses.seg.nrrd"
-CONSENSUS_FILE = "consensus.nrrd"
-SUMMARY_FILE = "summary.json"
 # role, file, node-name suffix, window max (None: ln C)
-MAPS = (("entropy", "entropy.nrrd", "entropy", None),
-        ("mutual_information", "mutual_information.nrrd", "mutual information", None),
-        ("variance", "variance.nrrd", "variance", 0.25),
-        ("mean_probability", "mean_probability.nrrd", "mean probability", 1.0))
+MAPS = (("entropy", MAP_FILES["entropy"], "entropy", None),
+        ("mutual_information", MAP_FILES["mutual_information"], "mutual information", None),
+        ("variance", MAP_FILES["variance"], "variance", 0.25),
+        ("mean_probability", MAP_FILES["mean_probability"], "mean probability", 1.0))
 CONSENSUS_COLOR = (0.0, 0.85, 1.0)  # cyan: no Inferno entry comes near it, so the outline stays seen
 LOWER_FRACTION = 0.1  # map values below this fraction of the scale are transparent by default
 GEOMETRY_TOLERANCE = 1e-3  # mm; NRRD headers round-trip the input's geometry to ~1e-6
