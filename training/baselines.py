@@ -5,7 +5,7 @@ Every baseline is an ``nn.Module`` with
 - ``loss(image, labels) -> {"loss": total, ...parts}`` on one reading per image (integer labels (B, *S));
 - ``sample_probabilities(image, num_samples, seed) -> (B, M, C, *S)`` float32 class probabilities on
   the CPU, i.e. the same thing ``softmax(y0 / tau_out)`` is for the diffusion models, so one evaluation
-  path (``engine.evaluation.evaluate_predictor``) scores all methods;
+  path (``engine.analysis.evaluation.evaluate_predictor``) scores all methods;
 - ``predict_proba(image) -> (B, C, *S)``, the one deterministic prediction of the method;
 - ``config_dict()``, which round-trips through ``build_baseline(model.baseline, config)``.
 
@@ -26,20 +26,20 @@ from monai.losses import DiceLoss
 from monai.networks.blocks import Convolution
 from torch import Tensor, nn
 
-from DiffSegUncertaintyLib.engine.checks import check_batch
-from DiffSegUncertaintyLib.engine.sampler import sample_seed
-from DiffSegUncertaintyLib.engine.unet import UNet
+from DiffSegUncertaintyLib.engine.networks.checks import check_batch
+from DiffSegUncertaintyLib.engine.sampling.sampler import sample_seed
+from DiffSegUncertaintyLib.engine.networks.unet import UNet
 
 _BACKBONE_TINY = {"spatial_dims": 2, "in_channels": 1, "num_classes": 2, "channels": [4, 8],
                   "strides": [2], "num_res_units": 1}
-# LIDC 128x128: the PGRD prior's width (engine/unet.py defaults), 16 px at the bottleneck.
+# LIDC 128x128: the PGRD prior's width (engine/networks/unet.py defaults), 16 px at the bottleneck.
 _BACKBONE_LIDC = {"spatial_dims": 2, "in_channels": 1, "num_classes": 2, "channels": [32, 64, 128, 256],
                   "strides": [2, 2, 2], "num_res_units": 2}
 
 # Default configurations: BASELINES[name][size], size "tiny" (tests) or "lidc" (128x128 LIDC crops).
 BASELINES: dict[str, dict[str, dict[str, Any]]] = {
     "unet": {"tiny": dict(_BACKBONE_TINY), "lidc": dict(_BACKBONE_LIDC)},
-    # PGRD Table I [15]: Gal & Ghahramani (2016); p = 0.2 on the decoder (engine/unet.py).
+    # PGRD Table I [15]: Gal & Ghahramani (2016); p = 0.2 on the decoder (engine/networks/unet.py).
     "mc-dropout": {"tiny": {**_BACKBONE_TINY, "dropout": 0.3}, "lidc": {**_BACKBONE_LIDC, "dropout": 0.2}},
     # [16]: Lakshminarayanan et al. (2017); 5 members as in their experiments.
     "ensemble": {"tiny": {**_BACKBONE_TINY, "members": 3}, "lidc": {**_BACKBONE_LIDC, "members": 5}},
@@ -167,7 +167,7 @@ class DeterministicUNet(Baseline):
 class MCDropoutUNet(DeterministicUNet):
     """Gal & Ghahramani (2016): keep dropout on at test time; each stochastic pass is one sample from the
     approximate posterior over weights, q(w) = Bernoulli-masked weights. Dropout sits on the decoder
-    (engine/unet.py)."""
+    (engine/networks/unet.py)."""
 
     baseline = "mc-dropout"
 
@@ -412,12 +412,12 @@ class ProbabilisticUNet(Baseline):
 def baseline_predictor(model: Baseline, preprocessing: Any = None, seed: int = 0,
                        device: str | torch.device = "cpu"):
     """``predict(images (B, *S) raw, num_samples) -> (B, M, C, *S)`` for
-    ``engine.evaluation.evaluate_predictor``: the same preprocessing as a model card
+    ``engine.analysis.evaluation.evaluate_predictor``: the same preprocessing as a model card
     (``volumes.preprocess``; LIDC: {"kind": "scale", "scale": 1/255, "offset": 0}), then
     ``sample_probabilities``. So baselines and diffusion models are scored by one code path."""
     import numpy as np
 
-    from DiffSegUncertaintyLib.engine.volumes import preprocess
+    from DiffSegUncertaintyLib.engine.files.volumes import preprocess
 
     spec = preprocessing
     model = model.to(torch.device(device))

@@ -36,9 +36,9 @@ from typing import Any, Sequence
 
 import torch
 
-from DiffSegUncertaintyLib.engine import registry
-from DiffSegUncertaintyLib.engine.modelfile import PRECISIONS
-from DiffSegUncertaintyLib.engine.sampler import SamplerConfig
+from DiffSegUncertaintyLib.engine.networks import registry
+from DiffSegUncertaintyLib.engine.files.modelfile import PRECISIONS
+from DiffSegUncertaintyLib.engine.sampling.sampler import SamplerConfig
 
 from .bench import measure, reference
 from .bench import quality as qmod
@@ -93,8 +93,8 @@ def n_steps(spec: str) -> int:
 def reference_predictor(model, request, box=None):
     """``predict(images, M)`` through the paper-faithful sampler (``bench.reference.paper_sample``), each
     image through the pipeline as ``diffseg sample`` runs it: only the sampler differs."""
-    from DiffSegUncertaintyLib.engine.evaluation import predictor_from_model
-    from DiffSegUncertaintyLib.engine.sampler import SampleResult
+    from DiffSegUncertaintyLib.engine.analysis.evaluation import predictor_from_model
+    from DiffSegUncertaintyLib.engine.sampling.sampler import SampleResult
 
     steps = reference.paper_steps(model.network)
 
@@ -112,7 +112,7 @@ def quality(args, device) -> dict[str, Any]:
     paper's step count (``bench.quality.study``); and the reference's at the paper's."""
     if not args.model:
         return {"status": NO_MODEL}
-    from DiffSegUncertaintyLib.engine.evaluation import evaluate_predictor
+    from DiffSegUncertaintyLib.engine.analysis.evaluation import evaluate_predictor
     from DiffSegUncertaintyLib.engine.pipeline import Model, Request
 
     loaded = Model.load(args.model)

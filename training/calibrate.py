@@ -42,10 +42,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from DiffSegUncertaintyLib.engine import metrics, modelfile
-from DiffSegUncertaintyLib.engine.checks import InputError
-from DiffSegUncertaintyLib.engine.diffusion import to_probabilities
-from DiffSegUncertaintyLib.engine.evaluation import (data_for_model, evaluate_predictor, load_multireader_npz,
+from DiffSegUncertaintyLib.engine.analysis import metrics
+from DiffSegUncertaintyLib.engine.files import modelfile
+from DiffSegUncertaintyLib.engine.networks.checks import InputError
+from DiffSegUncertaintyLib.engine.sampling.diffusion import to_probabilities
+from DiffSegUncertaintyLib.engine.analysis.evaluation import (data_for_model, evaluate_predictor, load_multireader_npz,
                                                      predictor_from_model, write_report)
 from DiffSegUncertaintyLib.engine.pipeline import Model, Request, check_output
 

@@ -21,9 +21,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from DiffSegUncertaintyLib.engine import metrics
-from DiffSegUncertaintyLib.engine.checks import InputError
-from DiffSegUncertaintyLib.engine.evaluation import data_for_model, load_multireader_npz, predictor_from_model
+from DiffSegUncertaintyLib.engine.analysis import metrics
+from DiffSegUncertaintyLib.engine.networks.checks import InputError
+from DiffSegUncertaintyLib.engine.analysis.evaluation import data_for_model, load_multireader_npz, predictor_from_model
 from DiffSegUncertaintyLib.engine.pipeline import Model, Request
 
 

@@ -4,7 +4,7 @@
 
 1. Finds where each published val crop of LIDC-IDRI-0001 nodule 0 lies in the whole CT (every 128x128
    box of its slice near the readers' masks, by correlation), then compares the crop with the card's
-   stretch of that box (``engine.slicestretch``): the share of identical 8-bit pixels and the largest
+   stretch of that box (``engine.files.slicestretch``): the share of identical 8-bit pixels and the largest
    difference, and the contrast the former fixed window [-1000, 1400] HU gave instead.
 2. Checks that the network input of every val crop is bit for bit what the former card gave, on the
    8-bit crops (``diffseg evaluate``) and on the crops written in HU with the centre ROI (the crop
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from DiffSegUncertaintyLib.engine.slicestretch import slice_minmax
-from DiffSegUncertaintyLib.engine.volumes import preprocess, uint8_window_to_hu
+from DiffSegUncertaintyLib.engine.files.slicestretch import slice_minmax
+from DiffSegUncertaintyLib.engine.files.volumes import preprocess, uint8_window_to_hu
 
 from .data.common import DataMissing, data_root
 from .data.lidc import CT_PREPROCESSING, CT_WINDOW_HU, DEFAULT, ENV

@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from DiffSegUncertaintyLib.engine import metrics
-from DiffSegUncertaintyLib.engine.modelfile import read_card, resolve_model
-from DiffSegUncertaintyLib.engine.segfile import read_layers
-from DiffSegUncertaintyLib.engine.volumes import read_inputs, uint8_window_to_hu
+from DiffSegUncertaintyLib.engine.analysis import metrics
+from DiffSegUncertaintyLib.engine.files.modelfile import read_card, resolve_model
+from DiffSegUncertaintyLib.engine.files.segfile import read_layers
+from DiffSegUncertaintyLib.engine.files.volumes import read_inputs, uint8_window_to_hu
 
 from .data.common import DataMissing, data_root
 from .data.lidc import CT_WINDOW_HU, DEFAULT, ENV
@@ -290,8 +290,8 @@ def run_ct(args: argparse.Namespace, folder: Path, card: dict) -> int:
         peak_mib = run_sampler(ct_path, str(folder), result, args.samples, args.steps, args.seed, where)
     summary = json.loads((result / "summary.json").read_text())
     where = where if not args.result else [f"--roi={','.join(map(str, summary['roi']['start'] + summary['roi']['stop']))}"]
-    geo = read_inputs([ct_path]).geometry
-    ct = sitk.GetArrayFromImage(geo.reference).astype(np.float32)
+    vols = read_inputs([ct_path])
+    geo, ct = vols.geometry, vols.channels[0]
     readings = np.stack([sitk.GetArrayFromImage(sitk.ReadImage(str(p))) > 0 for p in reader_paths]).astype(np.uint8)
     hyps = read_hypotheses(result / "hypotheses.seg.nrrd", ct_path)
     consensus = sitk.GetArrayFromImage(sitk.ReadImage(str(result / "consensus.nrrd")))

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from DiffSegUncertaintyLib.engine import metrics
-from DiffSegUncertaintyLib.engine.checks import InputError
-from DiffSegUncertaintyLib.engine.evaluation import evaluate_predictor, load_multireader_npz, write_report
+from DiffSegUncertaintyLib.engine.analysis import metrics
+from DiffSegUncertaintyLib.engine.networks.checks import InputError
+from DiffSegUncertaintyLib.engine.analysis.evaluation import evaluate_predictor, load_multireader_npz, write_report
 
 from . import checkpoint as ck
 from .baselines import baseline_predictor, build_baseline

@@ -5,7 +5,7 @@
 
 Takes the best checkpoint by the run's validation metric (EMA weights; the last EMA weights when the
 run never validated, said on stderr), rebuilds the network from the run's architecture and writes it
-with ``engine.modelfile.save_model``. The card records what a reader needs to trust the numbers: the
+with ``engine.files.modelfile.save_model``. The card records what a reader needs to trust the numbers: the
 measured validation metrics with their settings (images, samples, sampler), the training command, the
 data and split, the step, the training time and the hardware.
 
@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from DiffSegUncertaintyLib.engine import registry
-from DiffSegUncertaintyLib.engine.modelfile import save_model
+from DiffSegUncertaintyLib.engine.networks import registry
+from DiffSegUncertaintyLib.engine.files.modelfile import save_model
 
 from . import checkpoint as ck
 
@@ -67,7 +67,7 @@ def export_run(run: str | Path, output: str | Path, name: str | None = None, hal
                         preset=str(cfg["model"].get("preset")), sampling=sampling, inputs=card_inputs(info),
                         classes=info["classes"], training=training, metrics=metrics, half=half)
     if str((info.get("data") or {}).get("dataset", "")).lower() == "lidc":
-        from .data.lidc import TERMINOLOGY  # standard terms per class for the .seg.nrrd (engine/segfile.py)
+        from .data.lidc import TERMINOLOGY  # standard terms per class for the .seg.nrrd (engine/files/segfile.py)
         card_path = Path(folder) / "model.json"
         card = json.loads(card_path.read_text())
         card["terminology"] = TERMINOLOGY
@@ -89,7 +89,7 @@ def card_metrics(doc: dict[str, Any], split: str, step: int | None, source: str 
 def card_inputs(info: dict[str, Any]) -> dict[str, Any]:
     """The run's ``input`` block for the card. A LIDC run trained on the 8-bit crops times 1/255; its
     card instead says how to get there from a CT in HU: ``lidc.CT_PREPROCESSING``, the publisher's
-    per-slice stretch over a 128x128 box around the ROI (engine/slicestretch.py), which is also exactly
+    per-slice stretch over a 128x128 box around the ROI (engine/files/slicestretch.py), which is also exactly
     x / 255 on the 8-bit crops, whose every crop holds a 0 and a 255 (docs/cli.md, "CT intensities (HU)")."""
     inputs = dict(info["input"])
     pre = inputs.get("preprocessing") or {}
@@ -103,7 +103,7 @@ def card_inputs(info: dict[str, Any]) -> dict[str, Any]:
 def _sampling(method: str, given: dict[str, Any]) -> dict[str, Any]:
     """The method's default sampler fields (its module's DEFAULT_SAMPLING) with the config's on top."""
     import importlib
-    module = importlib.import_module(f"DiffSegUncertaintyLib.engine.{method}")
+    module = importlib.import_module(f"DiffSegUncertaintyLib.engine.networks.{method}")
     return {**getattr(module, "DEFAULT_SAMPLING", {}), **given}
 
 

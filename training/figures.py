@@ -29,13 +29,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from DiffSegUncertaintyLib.engine import metrics  # noqa: E402
-from DiffSegUncertaintyLib.engine.checks import InputError  # noqa: E402
-from DiffSegUncertaintyLib.engine.evaluation import (  # noqa: E402
+from DiffSegUncertaintyLib.engine.analysis import metrics  # noqa: E402
+from DiffSegUncertaintyLib.engine.networks.checks import InputError  # noqa: E402
+from DiffSegUncertaintyLib.engine.analysis.evaluation import (  # noqa: E402
     MultiReaderSet, data_for_model, evaluate_predictor, load_multireader_npz, predictor_from_model)
 from DiffSegUncertaintyLib.engine.pipeline import Model, Request  # noqa: E402
-from DiffSegUncertaintyLib.engine.sampler import sample  # noqa: E402
-from DiffSegUncertaintyLib.engine.uncertainty import summarize  # noqa: E402
+from DiffSegUncertaintyLib.engine.sampling.sampler import sample  # noqa: E402
+from DiffSegUncertaintyLib.engine.analysis.uncertainty import summarize  # noqa: E402
 
 Predict = Callable[[np.ndarray, int], Any]
 

@@ -40,9 +40,9 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from DiffSegUncertaintyLib.engine import registry
-from DiffSegUncertaintyLib.engine.diffusion import to_probabilities
-from DiffSegUncertaintyLib.engine.sampler import SamplerConfig, sample
+from DiffSegUncertaintyLib.engine.networks import registry
+from DiffSegUncertaintyLib.engine.sampling.diffusion import to_probabilities
+from DiffSegUncertaintyLib.engine.sampling.sampler import SamplerConfig, sample
 
 from . import checkpoint as ck
 from .data import build_dataset, pick_annotation
@@ -296,8 +296,8 @@ def collate(items: list[dict]) -> dict[str, Any]:
 def validate(task: Task, net: nn.Module, dataset: Any, cfg: dict[str, Any], device: torch.device,
              seed: int) -> dict[str, float]:
     """Mean metrics over the first ``validation.images`` items with ``validation.samples`` hypotheses,
-    through engine.evaluation.evaluate_predictor (the same scoring as ``diffseg evaluate``)."""
-    from DiffSegUncertaintyLib.engine.evaluation import evaluate_predictor
+    through engine.analysis.evaluation.evaluate_predictor (the same scoring as ``diffseg evaluate``)."""
+    from DiffSegUncertaintyLib.engine.analysis.evaluation import evaluate_predictor
     v = cfg["validation"]
     n = min(int(v["images"]), len(dataset))
     # evenly spaced over the split (as diffseg evaluate --max-images), not its first patients

@@ -19,10 +19,10 @@ def grid(path: Path) -> tuple:
 
 
 def seg_image(folder: Path) -> sitk.Image:
-    """The .seg.nrrd's layers on the full input grid (the file holds only the ROI's box, engine/segfile.py)
+    """The .seg.nrrd's layers on the full input grid (the file holds only the ROI's box, engine/files/segfile.py)
     as a SimpleITK vector image, one component per segment, on the grid of the run's consensus.nrrd."""
-    from DiffSegUncertaintyLib.engine.segfile import read_layers
-    from DiffSegUncertaintyLib.engine.volumes import read_inputs
+    from DiffSegUncertaintyLib.engine.files.segfile import read_layers
+    from DiffSegUncertaintyLib.engine.files.volumes import read_inputs
 
     ref = read_inputs([folder / "consensus.nrrd"]).geometry
     layers, _ = read_layers(folder / "hypotheses.seg.nrrd", ref)

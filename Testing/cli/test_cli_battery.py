@@ -21,8 +21,11 @@ import torch
 from cli_helpers import leftovers
 from safetensors.torch import load_file, save_file
 
-from DiffSegUncertaintyLib.engine import cli, metrics, pipeline, testing
-from DiffSegUncertaintyLib.engine.modelfile import _sha256
+from DiffSegUncertaintyLib.engine import cli
+from DiffSegUncertaintyLib.engine.analysis import metrics
+from DiffSegUncertaintyLib.engine import pipeline
+from DiffSegUncertaintyLib.engine import testing
+from DiffSegUncertaintyLib.engine.files.modelfile import _sha256
 
 
 def _copy(model: Path, tmp: Path, name: str = "broken") -> Path:
@@ -234,7 +237,7 @@ def test_evaluate_scores_exactly_what_sample_writes(tmp_path, model2d, npz, caps
     mean_fg = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "s" / "mean_probability.nrrd")))
     consensus = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "s" / "consensus.nrrd")))
 
-    from DiffSegUncertaintyLib.engine.evaluation import predictor_from_model
+    from DiffSegUncertaintyLib.engine.analysis.evaluation import predictor_from_model
     predict = predictor_from_model(pipeline.Model.load(model2d), pipeline.Request(steps=2, seed=5, device="cpu"))
     probs = predict(image[None], 3)[0].numpy()  # (M, C, H, W): what evaluate_predictor scores
     np.testing.assert_array_equal(probs.argmax(1), written)

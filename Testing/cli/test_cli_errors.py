@@ -12,8 +12,9 @@ import torch
 from cli_helpers import SHAPE, leftovers
 from safetensors.torch import load_file, save_file
 
-from DiffSegUncertaintyLib.engine import cli, testing
-from DiffSegUncertaintyLib.engine.modelfile import _sha256
+from DiffSegUncertaintyLib.engine import cli
+from DiffSegUncertaintyLib.engine import testing
+from DiffSegUncertaintyLib.engine.files.modelfile import _sha256
 
 
 def _copy_model(model: Path, tmp: Path, name: str = "broken") -> Path:

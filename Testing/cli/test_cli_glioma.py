@@ -46,7 +46,7 @@ def test_glioma_four_channels_3d(tmp_path):
     s = summary(out)
     assert s["roi"] == {"start": [56, 56, 56], "stop": [104, 120, 104]}
     assert s["classes"] == ["background", "class 1", "class 2", "class 3"] and len(s["hypotheses"]) == 2
-    from DiffSegUncertaintyLib.engine.segfile import read_layers
+    from DiffSegUncertaintyLib.engine.files.segfile import read_layers
     layers, start = read_layers(out / "hypotheses.seg.nrrd")  # only the ROI's box is stored
     assert start == [56, 56, 56] and layers.shape == (2 * 3, 48, 64, 48) and layers.any()
     ent = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "entropy.nrrd")))

@@ -13,10 +13,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from DiffSegUncertaintyLib.engine import modelfile, sampler, testing
-from DiffSegUncertaintyLib.engine.checks import InputError
-from DiffSegUncertaintyLib.engine.inference import DEFAULT_BATCH_2D, run_model, run_with_oom_retry
-from DiffSegUncertaintyLib.engine.volumes import canonical_orientation, preprocess, read_inputs
+from DiffSegUncertaintyLib.engine.files import modelfile
+from DiffSegUncertaintyLib.engine.sampling import sampler
+from DiffSegUncertaintyLib.engine import testing
+from DiffSegUncertaintyLib.engine.networks.checks import InputError
+from DiffSegUncertaintyLib.engine.sampling.inference import DEFAULT_BATCH_2D, run_model, run_with_oom_retry
+from DiffSegUncertaintyLib.engine.files.volumes import canonical_orientation, preprocess, read_inputs
 
 
 def test_half_precision_folder_round_trips(tmp_path, model2d):
@@ -42,7 +44,7 @@ def test_cards_are_read_without_torch(model2d):
                 if name == "torch" or name.startswith("torch."):
                     raise ImportError("torch is blocked")
         sys.meta_path.insert(0, Block())
-        from DiffSegUncertaintyLib.engine import modelfile
+        from DiffSegUncertaintyLib.engine.files import modelfile
         models = modelfile.find_models([{str(model2d.parent)!r}])
         print("tiny2d" in models, modelfile.read_card(models["tiny2d"])["method"], "torch" in sys.modules)
     """)
@@ -165,7 +167,7 @@ def test_preprocessing_kinds():
 
 
 def test_save_model_refuses_inconsistent_descriptions(tmp_path):
-    from DiffSegUncertaintyLib.engine import registry
+    from DiffSegUncertaintyLib.engine.networks import registry
     model = registry.build_model("hsrdiff", registry.preset_config("hsrdiff", "tiny"))
     with pytest.raises(ValueError, match="class names"):
         modelfile.save_model(model, tmp_path / "m", name="m", method="hsrdiff", preset="tiny", sampling={},
@@ -184,8 +186,8 @@ def test_preprocessing_rejects_unknown_fields():
     """A misspelt card field must not silently fall back to the identity."""
     import numpy as np
 
-    from DiffSegUncertaintyLib.engine.checks import InputError
-    from DiffSegUncertaintyLib.engine.volumes import preprocess
+    from DiffSegUncertaintyLib.engine.networks.checks import InputError
+    from DiffSegUncertaintyLib.engine.files.volumes import preprocess
 
     x = np.arange(8, dtype=np.float32).reshape(1, 2, 4)
     np.testing.assert_allclose(preprocess(x, {"kind": "scale", "scale": 0.5, "offset": 1.0}), x * 0.5 + 1)

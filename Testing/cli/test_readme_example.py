@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from DiffSegUncertaintyLib.engine.pipeline import OUTPUT_FILES
-from DiffSegUncertaintyLib.engine.volumes import uint8_window_to_hu
+from DiffSegUncertaintyLib.engine.files.volumes import uint8_window_to_hu
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from DiffSegUncertaintyLib.engine.evaluation import data_for_model, load_multireader_npz
-from DiffSegUncertaintyLib.engine.modelfile import SHIPPED_MODELS, find_models, load_model, roi_required
-from DiffSegUncertaintyLib.engine.sampler import SamplerConfig, sample
+from DiffSegUncertaintyLib.engine.analysis.evaluation import data_for_model, load_multireader_npz
+from DiffSegUncertaintyLib.engine.files.modelfile import SHIPPED_MODELS, find_models, load_model, roi_required
+from DiffSegUncertaintyLib.engine.sampling.sampler import SamplerConfig, sample
 
 SHIPPED = sorted(p.parent for p in SHIPPED_MODELS.glob("*/model.json"))
 
@@ -34,7 +34,7 @@ def test_shipped_lidc_model_samples_a_real_nodule(folder, lidc_root):
     size = card["input"]["size"]
     assert roi_required(card)
     data = data_for_model(load_multireader_npz(lidc_root / "val.npz"), card, 1)  # as diffseg evaluate
-    from DiffSegUncertaintyLib.engine.volumes import preprocess
+    from DiffSegUncertaintyLib.engine.files.volumes import preprocess
     x = torch.from_numpy(preprocess(data.images, card["input"]["preprocessing"])[(slice(None), *data.box)])[:, None]
     assert tuple(x.shape[2:]) == tuple(size) and 0 <= float(x.min()) and float(x.max()) <= 1
     a = sample(model, x, 2, SamplerConfig(method="ddim", steps=2), seed=0).y0

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from DiffSegUncertaintyLib.engine.diffusion import (
+from DiffSegUncertaintyLib.engine.sampling.diffusion import (
     DiffusionSegmenter, NoiseSchedule, Prediction, embed_labels)
-from DiffSegUncertaintyLib.engine.sampler import SamplerConfig, SamplingCancelled, run_chain, sample
+from DiffSegUncertaintyLib.engine.sampling.sampler import SamplerConfig, SamplingCancelled, run_chain, sample
 
 SCHEDULES = {
     "cosine": NoiseSchedule.cosine(1000),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from DiffSegUncertaintyLib.engine.estimate import Eta, duration, network_evaluations, work_units
-from DiffSegUncertaintyLib.engine.inference import count_windows
+from DiffSegUncertaintyLib.engine.sampling.inference import count_windows
 
 
 def test_network_evaluations_and_units():

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from DiffSegUncertaintyLib.engine import cli, evaluation, testing
-from DiffSegUncertaintyLib.engine.checks import InputError
+from DiffSegUncertaintyLib.engine import cli
+from DiffSegUncertaintyLib.engine.analysis import evaluation
+from DiffSegUncertaintyLib.engine import testing
+from DiffSegUncertaintyLib.engine.networks.checks import InputError
 from DiffSegUncertaintyLib.engine.pipeline import Model, Request
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,7 +168,7 @@ def test_predictor_from_model_seeds_batches_and_resizes(tiny_model):
     other = evaluation.predictor_from_model(model, Request(seed=2, device="cpu"))(images, 3)
     assert not torch.allclose(other, p)
     small, _ = _set(n=2, size=16)  # on the card's grid: no resize; p = softmax(y0 / tau_out) over classes
-    from DiffSegUncertaintyLib.engine.sampler import sample
+    from DiffSegUncertaintyLib.engine.sampling.sampler import sample
     x = torch.from_numpy(small[:, None].astype(np.float32) / 255)  # card preprocessing: x / 255
     y0 = sample(model.network, x, 3, pred.config, seed=1).y0
     assert torch.allclose(pred(small, 3), torch.softmax(y0 / model.tau_out, dim=2), atol=1e-6)

@@ -6,12 +6,13 @@ import math
 import pytest
 import torch
 
-from DiffSegUncertaintyLib.engine import registry, testing
-from DiffSegUncertaintyLib.engine.checks import InputError
-from DiffSegUncertaintyLib.engine.diffusion import NoiseSchedule
-from DiffSegUncertaintyLib.engine.hsrdiff import (
+from DiffSegUncertaintyLib.engine.networks import registry
+from DiffSegUncertaintyLib.engine import testing
+from DiffSegUncertaintyLib.engine.networks.checks import InputError
+from DiffSegUncertaintyLib.engine.sampling.diffusion import NoiseSchedule
+from DiffSegUncertaintyLib.engine.networks.hsrdiff import (
     ABLATIONS, DEFAULT_SAMPLING, PRESETS, from_config, paper_mean, paper_means)
-from DiffSegUncertaintyLib.engine.sampler import SamplerConfig, sample
+from DiffSegUncertaintyLib.engine.sampling.sampler import SamplerConfig, sample
 
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from DiffSegUncertaintyLib.engine.checks import InputError
-from DiffSegUncertaintyLib.engine.modelfile import SHIPPED_MODELS, read_card
-from DiffSegUncertaintyLib.engine.volumes import (hu_to_uint8_window, preprocess, read_inputs,
+from DiffSegUncertaintyLib.engine.networks.checks import InputError
+from DiffSegUncertaintyLib.engine.files.modelfile import SHIPPED_MODELS, read_card
+from DiffSegUncertaintyLib.engine.files.volumes import (hu_to_uint8_window, preprocess, read_inputs,
                                                   uint8_window_to_hu)
 
 SHIPPED = SHIPPED_MODELS / "lidc-hsrdiff-small-cpu"

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from DiffSegUncertaintyLib.engine import metrics as M
-from DiffSegUncertaintyLib.engine.checks import InputError
+from DiffSegUncertaintyLib.engine.analysis import metrics as M
+from DiffSegUncertaintyLib.engine.networks.checks import InputError
 
 # 1-D "images" of 4 voxels, binary (C = 2)
 A = np.array([1, 1, 0, 0])

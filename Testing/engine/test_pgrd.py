@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from DiffSegUncertaintyLib.engine import pgrd, testing
-from DiffSegUncertaintyLib.engine.checks import InputError
-from DiffSegUncertaintyLib.engine.diffusion import embed_labels
-from DiffSegUncertaintyLib.engine.registry import build_model, preset_config
-from DiffSegUncertaintyLib.engine.sampler import SamplerConfig, sample, sample_seed
+from DiffSegUncertaintyLib.engine.networks import pgrd
+from DiffSegUncertaintyLib.engine import testing
+from DiffSegUncertaintyLib.engine.networks.checks import InputError
+from DiffSegUncertaintyLib.engine.sampling.diffusion import embed_labels
+from DiffSegUncertaintyLib.engine.networks.registry import build_model, preset_config
+from DiffSegUncertaintyLib.engine.sampling.sampler import SamplerConfig, sample, sample_seed
 
 DDIM5 = SamplerConfig(method="ddim", steps=5)
 

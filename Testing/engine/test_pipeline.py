@@ -9,7 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from DiffSegUncertaintyLib.engine import pipeline, testing
+from DiffSegUncertaintyLib.engine import pipeline
+from DiffSegUncertaintyLib.engine import testing
 from DiffSegUncertaintyLib.engine.pipeline import Model, Request, RequestError, Segmenter, volumes_from_array
 
 

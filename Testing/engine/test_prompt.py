@@ -9,13 +9,13 @@ import SimpleITK as sitk
 import torch
 
 from DiffSegUncertaintyLib.engine import testing
-from DiffSegUncertaintyLib.engine.checks import InputError
-from DiffSegUncertaintyLib.engine.inference import Roi, run_model
-from DiffSegUncertaintyLib.engine.modelfile import load_model, read_card
+from DiffSegUncertaintyLib.engine.networks.checks import InputError
+from DiffSegUncertaintyLib.engine.sampling.inference import Roi, run_model
+from DiffSegUncertaintyLib.engine.files.modelfile import load_model, read_card
 from DiffSegUncertaintyLib.engine.prompt import (box_around_point, finds_lesion, grow, point_index,
                                                  sample_from_point, slice_index_axis)
-from DiffSegUncertaintyLib.engine.sampler import SamplerConfig
-from DiffSegUncertaintyLib.engine.volumes import read_inputs
+from DiffSegUncertaintyLib.engine.sampling.sampler import SamplerConfig
+from DiffSegUncertaintyLib.engine.files.volumes import read_inputs
 
 
 def _geometry(tmp_path, shape=(10, 40, 50), spacing=(0.7, 0.8, 2.5), origin=(-10.0, 20.0, -300.0),

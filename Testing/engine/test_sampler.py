@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from DiffSegUncertaintyLib.engine import sampler, testing
-from DiffSegUncertaintyLib.engine.diffusion import DiffusionSegmenter, NoiseSchedule, Prediction, embed_labels
-from DiffSegUncertaintyLib.engine.sampler import SamplerConfig, default_batch_size, sample
+from DiffSegUncertaintyLib.engine.sampling import sampler
+from DiffSegUncertaintyLib.engine import testing
+from DiffSegUncertaintyLib.engine.sampling.diffusion import DiffusionSegmenter, NoiseSchedule, Prediction, embed_labels
+from DiffSegUncertaintyLib.engine.sampling.sampler import SamplerConfig, default_batch_size, sample
 
 
 def _model(method: str, seed: int = 0):

@@ -1,4 +1,4 @@
-"""hypotheses.seg.nrrd through slicerio (engine/segfile.py): only the ROI's box is stored, on the input's
+"""hypotheses.seg.nrrd through slicerio (engine/files/segfile.py): only the ROI's box is stored, on the input's
 grid, with a standard terminology per segment, and Slicer's own reader puts it back where it belongs."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import slicerio
 import slicerio.segmentation
 
 from DiffSegUncertaintyLib.engine import testing
-from DiffSegUncertaintyLib.engine.segfile import ijk_to_lps, read_layers, write_seg
-from DiffSegUncertaintyLib.engine.volumes import Segment, read_inputs
+from DiffSegUncertaintyLib.engine.files.segfile import ijk_to_lps, read_layers, write_seg
+from DiffSegUncertaintyLib.engine.files.volumes import Segment, read_inputs
 
 NODULE = {"contextName": "Segmentation category and type - 3D Slicer General Anatomy list",
           "category": ["SCT", "49755003", "Morphologically Altered Structure"],

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from DiffSegUncertaintyLib.engine.checks import InputError
-from DiffSegUncertaintyLib.engine.modelfile import SHIPPED_MODELS, read_card
-from DiffSegUncertaintyLib.engine.slicestretch import context_window, slice_minmax
-from DiffSegUncertaintyLib.engine.volumes import preprocess, read_inputs, uint8_window_to_hu
+from DiffSegUncertaintyLib.engine.networks.checks import InputError
+from DiffSegUncertaintyLib.engine.files.modelfile import SHIPPED_MODELS, read_card
+from DiffSegUncertaintyLib.engine.files.slicestretch import context_window, slice_minmax
+from DiffSegUncertaintyLib.engine.files.volumes import preprocess, read_inputs, uint8_window_to_hu
 
 CARDS = ["lidc-hsrdiff-small-cpu", "lidc-pgrd-2d-small-cpu", "lidc-pgrd-3d-small-cpu"]
 
@@ -106,7 +106,7 @@ def test_a_real_nrrd_in_any_slice_order(tmp_path, lidc_ct_root):
     perm = sitk.PermuteAxes(ct, [2, 1, 0])                                       # k becomes index axis 0
     sitk.WriteImage(perm, str(tmp_path / "perm.nrrd"))
     vols = read_inputs([tmp_path / "perm.nrrd"])
-    from DiffSegUncertaintyLib.engine.volumes import canonical_orientation
+    from DiffSegUncertaintyLib.engine.files.volumes import canonical_orientation
     axis = canonical_orientation(vols.geometry.direction).perm[0]
     assert axis == 2                                                             # array (i, j, k): k last
     x = preprocess(vols.channels, {"kind": "slice_minmax", "lower": -1024, "context": 128}, slice_axis=axis)[0]

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from DiffSegUncertaintyLib.engine.checks import InputError
-from DiffSegUncertaintyLib.engine.diffusion import embed_labels
-from DiffSegUncertaintyLib.engine.uncertainty import hypothesis_labels, summarize
+from DiffSegUncertaintyLib.engine.networks.checks import InputError
+from DiffSegUncertaintyLib.engine.sampling.diffusion import embed_labels
+from DiffSegUncertaintyLib.engine.analysis.uncertainty import hypothesis_labels, summarize
 
 
 def _onehot_y0(labels: torch.Tensor, num_classes: int, scale: float = 1.0) -> torch.Tensor:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from DiffSegUncertaintyLib.engine import testing
-from DiffSegUncertaintyLib.engine.checks import InputError
-from DiffSegUncertaintyLib.engine.unet import UNet, from_config
+from DiffSegUncertaintyLib.engine.networks.checks import InputError
+from DiffSegUncertaintyLib.engine.networks.unet import UNet, from_config
 
 TINY = dict(channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scene_helpers import load_volume, scene_counts
 
-from DiffSegUncertaintyLib.engine import cli, testing
+from DiffSegUncertaintyLib.engine import cli
+from DiffSegUncertaintyLib.engine import testing
 from DiffSegUncertaintyLib.scene.inputs import InputProblem, SampleRequest
 from DiffSegUncertaintyLib.scene.logic import DiffSegUncertaintyLogic
 from DiffSegUncertaintyLib.scene.runner import group_alive

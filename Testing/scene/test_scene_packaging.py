@@ -90,11 +90,13 @@ def test_the_scene_layer_imports_neither_torch_nor_qt():
 
 def test_the_module_and_what_it_imports_at_load_parse_as_python_3_9():
     """Slicer 5.8 (Python 3.9) loads every module at start-up: the module file and its load-time imports
-    (the scene layer, engine.modelfile and engine.errors) must not break it; *Sample* then says that
+    (the scene layer, engine.files.modelfile and engine.errors) must not break it; *Sample* then says that
     the sampler needs Slicer 5.10."""
     import ast
     files = [MODULE / "DiffSegUncertainty.py", *sorted((MODULE / "DiffSegUncertaintyLib" / "scene").glob("*.py")),
-             MODULE / "DiffSegUncertaintyLib" / "engine" / "modelfile.py",
+             MODULE / "DiffSegUncertaintyLib" / "engine" / "files" / "modelfile.py",
+             MODULE / "DiffSegUncertaintyLib" / "engine" / "files" / "outputs.py",
+             MODULE / "DiffSegUncertaintyLib" / "engine" / "files" / "__init__.py",
              MODULE / "DiffSegUncertaintyLib" / "engine" / "errors.py"]
     for path in files:
         source = path.read_text()

@@ -17,7 +17,7 @@ from slicer import vtkMRMLMarkupsROINode, vtkMRMLSliceCompositeNode, vtkMRMLSlic
 from test_scene_run import segment_mask
 
 from DiffSegUncertaintyLib.engine import cli
-from DiffSegUncertaintyLib.engine.modelfile import read_card
+from DiffSegUncertaintyLib.engine.files.modelfile import read_card
 from DiffSegUncertaintyLib.scene import colors, reading
 from DiffSegUncertaintyLib.scene.app import create_headless_app
 from DiffSegUncertaintyLib.scene.inputs import InputProblem, SampleRequest

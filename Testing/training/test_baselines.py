@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from DiffSegUncertaintyLib.engine.checks import InputError
-from DiffSegUncertaintyLib.engine.evaluation import evaluate_predictor
+from DiffSegUncertaintyLib.engine.networks.checks import InputError
+from DiffSegUncertaintyLib.engine.analysis.evaluation import evaluate_predictor
 from training.baselines import BASELINES, baseline_config, baseline_predictor, build_baseline
 
 

@@ -9,8 +9,8 @@ import time
 
 import torch
 
-from DiffSegUncertaintyLib.engine import registry
-from DiffSegUncertaintyLib.engine.sampler import SamplerConfig, sample
+from DiffSegUncertaintyLib.engine.networks import registry
+from DiffSegUncertaintyLib.engine.sampling.sampler import SamplerConfig, sample
 from training.bench import reference
 
 

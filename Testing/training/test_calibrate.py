@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from DiffSegUncertaintyLib.engine import cli, evaluation, modelfile, testing
+from DiffSegUncertaintyLib.engine import cli
+from DiffSegUncertaintyLib.engine.analysis import evaluation
+from DiffSegUncertaintyLib.engine.files import modelfile
+from DiffSegUncertaintyLib.engine import testing
 from training import calibrate
 
 SCALE = {"kind": "scale", "scale": 1 / 255, "offset": 0.0}

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from DiffSegUncertaintyLib.engine.evaluation import edge_pad, windows
+from DiffSegUncertaintyLib.engine.analysis.evaluation import edge_pad, windows
 from training.data import DataMissing, build_dataset, pick_annotation
 from training.data.cityscapes import FLIPS, Cityscapes
 from training.data.instance import Instance
@@ -189,7 +189,7 @@ def test_cityscapes_flip_protocol(tmp_path):
 
 def test_evaluation_stacks_are_the_3d_loaders_items(lidc_root):
     """diffseg evaluate scores a 3D model on the stacks the 3D loader trains on (one stacking code)."""
-    from DiffSegUncertaintyLib.engine.evaluation import load_multireader_npz
+    from DiffSegUncertaintyLib.engine.analysis.evaluation import load_multireader_npz
     ds = LIDC(lidc_root, "val", dims=3, size=None, depth=8)
     stacks = load_multireader_npz(lidc_root / "val.npz").stacks(8)
     assert len(stacks) == len(ds) and stacks.images.shape[1:] == (8, 128, 128)

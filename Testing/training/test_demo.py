@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from DiffSegUncertaintyLib.engine import testing
 from training import demo
-from DiffSegUncertaintyLib.engine.modelfile import SHIPPED_MODELS
+from DiffSegUncertaintyLib.engine.files.modelfile import SHIPPED_MODELS
 from training.data.lidc import CT_PREPROCESSING, CT_WINDOW_HU
 
 

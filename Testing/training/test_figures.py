@@ -5,8 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from DiffSegUncertaintyLib.engine import metrics, modelfile, testing
-from DiffSegUncertaintyLib.engine.evaluation import (data_for_model, evaluate_predictor, load_multireader_npz,
+from DiffSegUncertaintyLib.engine.analysis import metrics
+from DiffSegUncertaintyLib.engine.files import modelfile
+from DiffSegUncertaintyLib.engine import testing
+from DiffSegUncertaintyLib.engine.analysis.evaluation import (data_for_model, evaluate_predictor, load_multireader_npz,
                                                     predictor_from_model)
 from DiffSegUncertaintyLib.engine.pipeline import Model, Request, segment
 from training import figures

@@ -188,7 +188,7 @@ def test_campaign_end_to_end_with_tiny_presets(packed, tmp_path):
 def test_device_runner_lets_the_engine_import_without_simpleitk():
     code = NO_SITK + (
         "from training.gpu.device import allow_missing_simpleitk; assert allow_missing_simpleitk(); "
-        "from DiffSegUncertaintyLib.engine import volumes\n"
+        "from DiffSegUncertaintyLib.engine.files import volumes\n"
         "try:\n    volumes.sitk.ReadImage('x.nii.gz')\nexcept ImportError as e:\n    print(e)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

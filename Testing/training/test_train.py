@@ -139,8 +139,8 @@ def test_resume_continues_the_step_count_and_reproduces_the_run(resumed_run):
 
 
 def test_export_samples_through_the_engine_and_the_cli(resumed_run, lidc_root, tmp_path):
-    from DiffSegUncertaintyLib.engine.modelfile import load_model
-    from DiffSegUncertaintyLib.engine.sampler import SamplerConfig, sample
+    from DiffSegUncertaintyLib.engine.files.modelfile import load_model
+    from DiffSegUncertaintyLib.engine.sampling.sampler import SamplerConfig, sample
     run = resumed_run[0]
     folder = export_run(run, tmp_path / "models" / "hsrdiff-test")
     model, card = load_model(folder)
@@ -172,7 +172,7 @@ def test_export_samples_through_the_engine_and_the_cli(resumed_run, lidc_root, t
 
 def test_export_records_the_chosen_sampler_and_evaluated_metrics(resumed_run, lidc_root, tmp_path):
     from DiffSegUncertaintyLib.engine import cli
-    from DiffSegUncertaintyLib.engine.modelfile import read_card
+    from DiffSegUncertaintyLib.engine.files.modelfile import read_card
     run = resumed_run[0]
     folder = export_run(run, tmp_path / "m")
     with np.load(lidc_root / "val.npz") as z:
@@ -191,7 +191,7 @@ def test_export_records_the_chosen_sampler_and_evaluated_metrics(resumed_run, li
 def test_export_carries_the_configs_note_into_the_card(resumed_run, tmp_path):
     import shutil
 
-    from DiffSegUncertaintyLib.engine.modelfile import read_card
+    from DiffSegUncertaintyLib.engine.files.modelfile import read_card
     run = shutil.copytree(resumed_run[0], tmp_path / "run")
     assert "note" not in read_card(export_run(run, tmp_path / "plain"))["training"]
     info = json.loads((run / "config.json").read_text())
@@ -227,7 +227,7 @@ TABLE6_ROWS = {"hsrdiff-t6-eps": "eps", "hsrdiff-t6-eps-fg": "eps+fg", "hsrdiff-
 
 @pytest.mark.parametrize("config_name,row", sorted(TABLE6_ROWS.items()))
 def test_table6_configs_match_engine_ablations(config_name, row):
-    from DiffSegUncertaintyLib.engine.hsrdiff import ABLATIONS, PRESETS
+    from DiffSegUncertaintyLib.engine.networks.hsrdiff import ABLATIONS, PRESETS
 
     from training.train import load_config
 

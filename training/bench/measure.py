@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from DiffSegUncertaintyLib.engine.diffusion import repeat_condition
-from DiffSegUncertaintyLib.engine.sampler import SamplerConfig, SamplingCancelled, default_batch_size, sample
+from DiffSegUncertaintyLib.engine.sampling.diffusion import repeat_condition
+from DiffSegUncertaintyLib.engine.sampling.sampler import SamplerConfig, SamplingCancelled, default_batch_size, sample
 
 from . import reference
 

@@ -6,7 +6,7 @@ paper's sampler, judged with its uncertainty?
 
 For a trained model folder it scores the same ``--images`` val images (evenly spaced over the file,
 ``MultiReaderSet.subset``; crop models, ``input.roi_required``, get the centre box of the card's input
-size, the convention of ``engine/evaluation.py`` / ``diffseg evaluate``) with the same seed at every step
+size, the convention of ``engine/analysis/evaluation.py`` / ``diffseg evaluate``) with the same seed at every step
 spec (default: the paper's, then ddim:50, 25, 10, 5, 3): GED_M, HM-IoU_M and Dice through
 ``evaluation.evaluate_predictor`` (``metrics.score_image``, nothing re-implemented). The first spec is the
 baseline: for every other spec the per-image paired difference (spec - baseline) is summarised by its
@@ -35,10 +35,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from DiffSegUncertaintyLib.engine.evaluation import (data_for_model, evaluate_predictor, load_multireader_npz,
+from DiffSegUncertaintyLib.engine.analysis.evaluation import (data_for_model, evaluate_predictor, load_multireader_npz,
                                                     predictor_from_model)
 from DiffSegUncertaintyLib.engine.pipeline import Model, Request, jsonable
-from DiffSegUncertaintyLib.engine.sampler import SamplerConfig
+from DiffSegUncertaintyLib.engine.sampling.sampler import SamplerConfig
 
 DEFAULT_SPECS = ("paper", "ddim:50", "ddim:25", "ddim:10", "ddim:5", "ddim:3")
 METRICS = (("ged", "GED"), ("hm_iou", "HM-IoU"), ("dice", "Dice"))

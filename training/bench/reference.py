@@ -28,8 +28,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from DiffSegUncertaintyLib.engine.hsrdiff import paper_mean, paper_means
-from DiffSegUncertaintyLib.engine.sampler import sample_seed
+from DiffSegUncertaintyLib.engine.networks.hsrdiff import paper_mean, paper_means
+from DiffSegUncertaintyLib.engine.sampling.sampler import sample_seed
 
 StepFn = Callable[[int, int], None]  # (hypothesis index, steps done in it)
 

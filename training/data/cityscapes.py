@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from DiffSegUncertaintyLib.engine.volumes import preprocess
+from DiffSegUncertaintyLib.engine.files.volumes import preprocess
 
 from .common import DataMissing, as_size, data_root, read_image, resize
 

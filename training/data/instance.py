@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from DiffSegUncertaintyLib.engine.volumes import preprocess
+from DiffSegUncertaintyLib.engine.files.volumes import preprocess
 
 from .common import DataMissing, as_size, data_root, read_image
 from .volumes import select_split, slice_items

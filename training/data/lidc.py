@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from DiffSegUncertaintyLib.engine.evaluation import nodule_stacks
+from DiffSegUncertaintyLib.engine.analysis.evaluation import nodule_stacks
 
 from .common import DataMissing, data_root, fit
 

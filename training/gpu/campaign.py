@@ -183,7 +183,7 @@ def flops_per_sample(cfg: dict[str, Any]) -> float:
     steps per second give the achieved FLOP/s on the device."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from DiffSegUncertaintyLib.engine import registry
+    from DiffSegUncertaintyLib.engine.networks import registry
 
     from ..train import model_config
 

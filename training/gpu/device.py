@@ -2,7 +2,7 @@
 
     python -m training.gpu.device training.benchmark_sampling --device cuda ...
 
-The engine imports SimpleITK at the top of ``engine/volumes.py``, and ``diffseg evaluate`` and the
+The engine imports SimpleITK at the top of ``engine/files/volumes.py``, and ``diffseg evaluate`` and the
 benchmark's quality study import that module for ``preprocess`` alone (numpy), never reading a file.
 SimpleITK's wheel (~50 MB) does not fit the 64 MiB that travels beside the data pack, so where it is
 missing a placeholder module takes its name: importing works, and any use of it raises at once, naming

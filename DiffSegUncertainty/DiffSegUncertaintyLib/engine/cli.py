@@ -23,7 +23,7 @@ from dataclasses import asdict
 from typing import Any, Sequence
 
 from .errors import InputError
-from .modelfile import DEFAULT_SAMPLES, PRECISIONS, broken_models, find_models, read_card
+from .files.modelfile import DEFAULT_SAMPLES, PRECISIONS, broken_models, find_models, read_card
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: request field -> the flag that sets it (pipeline.RequestError.field)
@@ -301,7 +301,7 @@ def _with_estimate(plan: Any, card: dict[str, Any], args: argparse.Namespace, pr
     time from the first step, updated every 10 % (engine/estimate.py), on stderr. A point prompt
     announces the work per slice: how many slices it grows to is not known up front."""
     from .estimate import Eta, network_evaluations, work_units
-    from .volumes import canonical_orientation
+    from .files.volumes import canonical_orientation
 
     if args.quiet:
         return progress
@@ -365,7 +365,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score exactly what ``sample`` would write for each image (evaluation.predictor_from_model)."""
-    from . import evaluation
+    from .analysis import evaluation
     from .pipeline import Model, check_output
 
     request = request_from(args)

@@ -24,7 +24,7 @@ def work_units(card: dict, roi_size_canonical: Sequence[int], overlap: float = 0
     of canonical size (slices, rows, cols)."""
     if int(card["architecture"]["spatial_dims"]) == 2:
         return int(roi_size_canonical[0])
-    from .inference import count_windows
+    from .sampling.inference import count_windows
     return count_windows(list(roi_size_canonical), [int(s) for s in card["input"]["size"]], overlap)
 
 

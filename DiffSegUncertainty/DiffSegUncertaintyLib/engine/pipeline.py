@@ -49,13 +49,13 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .inference import Roi, check_roi, run_model
-from .modelfile import DEFAULT_SAMPLES, PRECISIONS, ModelFileError, load_model, read_card, resolve_model, roi_required
-from .sampler import CancelFn, ProgressFn, SamplerConfig, check_precision, sample
-from .uncertainty import UncertaintyMaps, summarize
-from .outputs import CONSENSUS_FILE, MAP_FILES, OUTPUT_FILES, SEGMENTATION_FILE, SUMMARY_FILE
-from .segfile import write_seg
-from .volumes import (PALETTE, Geometry, InputVolumes, Segment, canonical_orientation, physical_box_to_index,
+from .sampling.inference import Roi, check_roi, run_model
+from .files.modelfile import DEFAULT_SAMPLES, PRECISIONS, ModelFileError, load_model, read_card, resolve_model, roi_required
+from .sampling.sampler import CancelFn, ProgressFn, SamplerConfig, check_precision, sample
+from .analysis.uncertainty import UncertaintyMaps, summarize
+from .files.outputs import CONSENSUS_FILE, MAP_FILES, OUTPUT_FILES, SEGMENTATION_FILE, SUMMARY_FILE
+from .files.segfile import write_seg
+from .files.volumes import (PALETTE, Geometry, InputVolumes, Segment, canonical_orientation, physical_box_to_index,
                       preprocess, read_inputs, write_volume)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -384,7 +384,7 @@ class Result:
 
     def probabilities(self, tau: float | None = None) -> torch.Tensor:
         """(M, C, *roi_shape) softmax(y0 / tau) over classes (PGRD Sec. II-E; tau: the model's tau_out)."""
-        from .diffusion import to_probabilities
+        from .sampling.diffusion import to_probabilities
         return to_probabilities(self.y0, float(self.model.tau_out if tau is None else tau))
 
     def on_grid(self, array: torch.Tensor | np.ndarray, dtype: Any) -> np.ndarray:
@@ -449,7 +449,7 @@ class Result:
         t0 = time.perf_counter()
         with atomic_folder(out, overwrite) as tmp:
             geo, maps = self.geometry, self.maps
-            # the segmentation holds the ROI's box only, on the input's grid (engine/segfile.py)
+            # the segmentation holds the ROI's box only, on the input's grid (engine/files/segfile.py)
             write_seg(self.segments(maps.labels.cpu().numpy().astype(np.uint8)), geo, self.roi.start,
                       tmp / SEGMENTATION_FILE, self.model.card.get("terminology"))
             write_volume(self.on_grid(maps.consensus, np.uint8), geo, tmp / CONSENSUS_FILE)
@@ -639,7 +639,7 @@ class Segmenter:
             roi = check_roi(roi, geo)
         except InputError as e:
             raise RequestError("roi", str(e).removeprefix("the ROI ")) from None
-        # slice_minmax stretches per axial slice around the ROI (engine/slicestretch.py)
+        # slice_minmax stretches per axial slice around the ROI (engine/files/slicestretch.py)
         axis = (canonical_orientation(geo.direction, [b - a for a, b in zip(roi.start, roi.stop)]).perm[0]
                 if geo.dimension == 3 else None)
         image = preprocess(vols.channels, model.preprocessing, box=roi.slices(), slice_axis=axis)

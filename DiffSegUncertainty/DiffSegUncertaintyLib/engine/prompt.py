@@ -22,8 +22,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .checks import InputError
-from .volumes import Geometry, canonical_orientation
+from .networks.checks import InputError
+from .files.volumes import Geometry, canonical_orientation
 
 
 def point_index(geometry: Geometry, point: Sequence[float], mm: bool) -> list[int]:
@@ -134,8 +134,8 @@ def sample_from_point(model: Any, card: dict[str, Any], image: np.ndarray, geome
     model on the box around the point. Returns (an InferenceResult over the grown box, the Growth or
     None for a 3D model). ``run_options``: run_model's keyword options (batch_size, progress, ...);
     ``on_slice`` gets one line per slice drawn."""
-    from .inference import InferenceResult, Roi, run_model
-    from .uncertainty import summarize
+    from .sampling.inference import InferenceResult, Roi, run_model
+    from .analysis.uncertainty import summarize
 
     dims = int(card["architecture"]["spatial_dims"])
     start, stop = box_around_point(geometry, index, card["input"]["size"], dims)

@@ -33,8 +33,8 @@ def make_tiny_model_folder(path: str | os.PathLike, method: str = "hsrdiff", spa
     replaces preset fields (e.g. a short schedule)."""
     import torch
 
-    from . import registry
-    from .modelfile import save_model
+    from .networks import registry
+    from .files.modelfile import save_model
 
     torch.manual_seed(seed)
     cfg = registry.preset_config(method, "tiny", spatial_dims=spatial_dims, in_channels=in_channels,
@@ -64,7 +64,7 @@ def perturbed_tiny_model(method: str = "hsrdiff", seed: int = 0, **overrides: An
     network nearly trivial and hide whether a feature reaches the output."""
     import torch
 
-    from . import registry
+    from .networks import registry
 
     torch.manual_seed(seed)
     model = registry.build_model(method, registry.preset_config(method, "tiny", **overrides))

@@ -21,7 +21,7 @@ import numpy as np
 import vtk
 from slicer import vtkMRMLTransformNode, vtkMRMLVolumeArchetypeStorageNode
 
-from ..engine.modelfile import roi_required
+from ..engine.files.modelfile import roi_required
 
 
 class InputProblem(ValueError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..engine.modelfile import PRECISIONS
+from ..engine.files.modelfile import PRECISIONS
 from .export import export_run
 from .inputs import InputProblem, SampleRequest, check_request, point_lps, roi_box_lps, write_input
 from .progress import ProgressTracker
@@ -63,13 +63,13 @@ class DiffSegUncertaintyLogic:
     # -- models ----------------------------------------------------------------------------------
     def models(self) -> dict[str, Path]:
         """Model name -> folder, from the models folders, $DIFFSEG_MODELS and the shipped folder."""
-        from ..engine.modelfile import find_models  # JSON only; imported late to keep module load cheap
+        from ..engine.files.modelfile import find_models  # JSON only; imported late to keep module load cheap
         return find_models(self.models_dirs)
 
     def card(self, model_folder: str | os.PathLike | None) -> dict[str, Any]:
         if model_folder is None or str(model_folder) == "":
             raise InputProblem("Select a model.")
-        from ..engine.modelfile import ModelFileError, read_card
+        from ..engine.files.modelfile import ModelFileError, read_card
         try:
             card = read_card(model_folder)
         except ModelFileError as e:

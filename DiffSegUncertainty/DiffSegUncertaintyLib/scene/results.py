@@ -33,7 +33,7 @@ from slicer import (
     vtkSlicerSegmentationsModuleLogic,
 )
 
-from ..engine.outputs import CONSENSUS_FILE, MAP_FILES, SEGMENTATION_FILE, SUMMARY_FILE
+from ..engine.files.outputs import CONSENSUS_FILE, MAP_FILES, SEGMENTATION_FILE, SUMMARY_FILE
 from .colors import distinct_colors, inferno_node
 
 ROLE = "DiffSeg.Role"          # node attribute: which output a node is (export and reloaded scenes use it)

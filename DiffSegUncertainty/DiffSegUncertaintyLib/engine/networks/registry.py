@@ -10,7 +10,7 @@ import copy
 import importlib
 from typing import Any
 
-from .diffusion import DiffusionSegmenter
+from ..sampling.diffusion import DiffusionSegmenter
 
 METHODS = ("pgrd", "hsrdiff")
 

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from . import metrics
-from .checks import InputError
-from .diffusion import to_probabilities
-from .modelfile import DEFAULT_SAMPLES
-from .pipeline import Model, Request, Segmenter, atomic_folder, check_output, jsonable, volumes_from_array
+from ..networks.checks import InputError
+from ..sampling.diffusion import to_probabilities
+from ..files.modelfile import DEFAULT_SAMPLES
+from ..pipeline import Model, Request, Segmenter, atomic_folder, check_output, jsonable, volumes_from_array
 
 Predictor = Callable[[np.ndarray, int], "torch.Tensor | np.ndarray"]
 ProgressArg = "bool | Callable[[int, int], None]"
@@ -159,7 +159,7 @@ def data_for_model(data: MultiReaderSet, card: Mapping[str, Any], max_items: int
     (``MultiReaderSet.stacks``), ``max_items`` evenly spaced (``subset``), and for a crop model (card
     ``input.roi_required``) the centre box of its input size (``centre_box``), which the predictor
     samples as the ROI of the whole image. Every scoring command goes through here."""
-    from .modelfile import roi_required
+    from ..files.modelfile import roi_required
     if int(card["architecture"]["spatial_dims"]) == 3 and data.images.ndim == 3:
         size = (card.get("input") or {}).get("size")
         if not size:

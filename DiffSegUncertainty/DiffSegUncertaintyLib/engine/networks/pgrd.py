@@ -29,7 +29,7 @@ from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor, nn
 
 from .checks import check_batch, check_size
-from .diffusion import (Condition, DiffusionSegmenter, NoiseSchedule, Prediction, embed_labels,
+from ..sampling.diffusion import (Condition, DiffusionSegmenter, NoiseSchedule, Prediction, embed_labels,
                         embed_probabilities)
 from .unet import UNet
 

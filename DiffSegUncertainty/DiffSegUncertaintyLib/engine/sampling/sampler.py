@@ -35,9 +35,9 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from torch import Tensor
 
-from .checks import check_image
+from ..networks.checks import check_image
 from .diffusion import Condition, DiffusionSegmenter, Spacing, Variance, select_condition
-from .modelfile import PRECISIONS
+from ..files.modelfile import PRECISIONS
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .checks import InputError
+from ..networks.checks import InputError
 
 GRID_TOLERANCE = 1e-4  # relative, for spacing/origin/direction comparisons between inputs
 
@@ -188,7 +188,7 @@ def _check_hu(x: np.ndarray, kind: str, lower: float) -> None:
         "Convert it first: stored scanner values to HU with the DICOM rescale (HU = RescaleSlope * value "
         "+ RescaleIntercept, the intercept usually -1024; Slicer's DICOM import does this); an 8-bit "
         "image windowed with [L, U] HU with HU = L + value / 255 * (U - L) "
-        "(DiffSegUncertaintyLib.engine.volumes.uint8_window_to_hu)")
+        "(DiffSegUncertaintyLib.engine.files.volumes.uint8_window_to_hu)")
 
 
 def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]] | None,
@@ -206,7 +206,7 @@ def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]]
     {"kind": "slice_minmax", "lower": L, "upper": U, "context": N}: per slice (along ``slice_axis`` of
         a 3D image), clip to [L, U] (each optional) and stretch by the slice's minimum and maximum inside
         an N x N box centred on ``box`` (the ROI, array-order slices; None: the image): the LIDC
-        publisher's per-crop stretch reproduced on a whole CT (engine/slicestretch.py).
+        publisher's per-crop stretch reproduced on a whole CT (engine/files/slicestretch.py).
     A bound at or below -500 marks a CT spec: an image with nothing below 0 is refused for ``window``,
     and for ``minmax`` when it also goes above 255 (``_check_hu``).
     {"kind": "zscore", "nonzero": bool}: (x - mean) / std per channel; nonzero: statistics over

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .checks import check_batch, check_size
-from .diffusion import Condition, DiffusionSegmenter, NoiseSchedule, Prediction, embed_labels
+from ..sampling.diffusion import Condition, DiffusionSegmenter, NoiseSchedule, Prediction, embed_labels
 from .hsrdiff_blocks import (
     ConditionEncoder, Decoder, MiddleBlock, OutputConv, SelfRegulation, TimeEmbedding, XEncoder)
 

@@ -18,12 +18,12 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .errors import InputError  # torch-free: cards are readable before torch is installed
+from ..errors import InputError  # torch-free: cards are readable before torch is installed
 
 if TYPE_CHECKING:
     import torch
 
-    from .diffusion import DiffusionSegmenter
+    from ..sampling.diffusion import DiffusionSegmenter
 
 FORMAT_VERSION = 1
 CARD_FILE = "model.json"
@@ -32,7 +32,7 @@ MODELS_ENV = "DIFFSEG_MODELS"
 REQUIRED_FIELDS = ("format_version", "name", "method", "preset", "architecture", "sampling", "input",
                    "classes", "label_embedding", "weights")
 LABEL_EMBEDDING = "2*onehot-1"
-SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+SHIPPED_MODELS = Path(__file__).resolve().parents[3] / "Resources" / "Models"
 #: the sampler's precisions (sampler.sample), kept here, torch-free, for the CLI parser and the scene layer
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 #: hypotheses per image when a caller does not say (the M of GED_M in both papers), torch-free for the same reason
@@ -209,7 +209,7 @@ def load_model(folder: str | os.PathLike, device: "str | torch.device" = "cpu"
     import torch
     from safetensors.torch import load_file
 
-    from . import registry
+    from ..networks import registry
 
     card = read_card(folder)
     path = verify_weights(folder, card)

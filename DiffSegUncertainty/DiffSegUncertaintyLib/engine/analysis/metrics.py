@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .checks import InputError
+from ..networks.checks import InputError
 
 Empty = Literal["one", "nan", "zero"]
 Reference = Literal["each", "majority", "soft"]

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .checks import InputError
-from .diffusion import to_probabilities
+from ..networks.checks import InputError
+from ..sampling.diffusion import to_probabilities
 
 CHUNK_BYTES = 256 * 2 ** 20  # float32 working set per chunk of hypotheses
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["InputError", "check_batch", "check_image", "check_labels", "check_label_shape", "check_size"]
 

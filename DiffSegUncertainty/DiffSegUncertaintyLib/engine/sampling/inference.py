@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checks import InputError
+from ..networks.checks import InputError
 from .diffusion import DiffusionSegmenter
 from .sampler import CancelFn, ProgressFn, SamplerConfig, SamplingCancelled, default_batch_size, sample
-from .volumes import Canonical, Geometry, canonical_orientation
+from ..files.volumes import Canonical, Geometry, canonical_orientation
 
 T = TypeVar("T")
 DEFAULT_BATCH_2D = 64  # (slice, hypothesis) pairs per group of slices
