@@ -188,24 +188,11 @@ def test_hypotheses_seg_nrrd_opens_in_slicer_on_the_input_geometry(run, volumes)
     written, and each segment, resampled by Slicer onto the input volume, equals the written layer."""
     slicer = pytest.importorskip("slicer")
     import vtk
-    from slicer import (vtkMRMLScene, vtkSlicerApplicationLogic, vtkSlicerColorLogic,
-                        vtkSlicerSegmentationsModuleLogic, vtkSlicerVolumesLogic)
     import slicer.util
 
-    scene, app = vtkMRMLScene(), vtkSlicerApplicationLogic()
-    app.SetMRMLScene(scene)
-    app.GetColorLogic().SetMRMLScene(scene)
-    app.GetColorLogic().AddDefaultColorNodes()
-    app.SetSliceLogics(vtk.vtkCollection())
-    app.SetViewLogics(vtk.vtkCollection())
-    logics = {}
-    for name, cls in (("Colors", vtkSlicerColorLogic), ("Volumes", vtkSlicerVolumesLogic),
-                      ("Segmentations", vtkSlicerSegmentationsModuleLogic)):
-        logic = cls()
-        logic.SetMRMLApplicationLogic(app)
-        logic.SetMRMLScene(scene)
-        app.SetModuleLogic(name, logic)
-        logics[name] = logic
+    from DiffSegUncertaintyLib.scene.app import create_headless_app
+    headless = create_headless_app()  # real MRML: Slicer's colour, volumes and segmentations logics
+    scene, logics = headless.scene, {"Volumes": headless.volumes, "Segmentations": headless.segmentations}
 
     out = run("3d-perm")
     volume = logics["Volumes"].AddArchetypeVolume(str(volumes["permuted-flipped-anisotropic"]), "input", 0,

@@ -73,24 +73,11 @@ def test_slicer_reads_it_back_onto_the_input_volume(tmp_path):
     its place in the full grid, and the terminology reaches the segment."""
     slicer = pytest.importorskip("slicer")
     import vtk
-    from slicer import (vtkMRMLScene, vtkSlicerApplicationLogic, vtkSlicerColorLogic,
-                        vtkSlicerSegmentationsModuleLogic, vtkSlicerVolumesLogic)
     import slicer.util
 
-    scene, app = vtkMRMLScene(), vtkSlicerApplicationLogic()
-    app.SetMRMLScene(scene)
-    app.GetColorLogic().SetMRMLScene(scene)
-    app.GetColorLogic().AddDefaultColorNodes()
-    app.SetSliceLogics(vtk.vtkCollection())
-    app.SetViewLogics(vtk.vtkCollection())
-    logics = {}
-    for name, cls in (("Colors", vtkSlicerColorLogic), ("Volumes", vtkSlicerVolumesLogic),
-                      ("Segmentations", vtkSlicerSegmentationsModuleLogic)):
-        logic = cls()
-        logic.SetMRMLApplicationLogic(app)
-        logic.SetMRMLScene(scene)
-        app.SetModuleLogic(name, logic)
-        logics[name] = logic
+    from DiffSegUncertaintyLib.scene.app import create_headless_app
+    headless = create_headless_app()  # real MRML: Slicer's colour, volumes and segmentations logics
+    scene, logics = headless.scene, {"Volumes": headless.volumes, "Segmentations": headless.segmentations}
 
     path, geometry, start, stop, masks, segs = _case(tmp_path)
     out = tmp_path / "h.seg.nrrd"
