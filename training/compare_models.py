@@ -56,17 +56,47 @@ def paired(scores_a: list[dict[str, float]], scores_b: list[dict[str, float]]) -
     return out
 
 
+def paired_reports(a: str | Path, b: str | Path) -> dict[str, dict[str, float]]:
+    """``paired`` over two ``diffseg evaluate`` metrics.json reports, matched by image id: the check for
+    two models scored by the same command (same images, seed and sampler settings) at different times."""
+    ra, rb = (json.loads(Path(p).read_text()) for p in (a, b))
+    for key in ("seed", "num_samples", "data"):
+        if ra.get(key) != rb.get(key):
+            raise InputError(f"the reports differ in {key} ({ra.get(key)!r} vs {rb.get(key)!r}): not paired")
+    by_id = {r["id"]: r for r in rb["per_image"]}
+    ids = [r["id"] for r in ra["per_image"] if r["id"] in by_id]
+    if len(ids) != len(ra["per_image"]) or len(ids) != len(rb["per_image"]):
+        raise InputError("the reports score different images: not paired")
+    first = {r["id"]: r for r in ra["per_image"]}
+    return paired([first[i] for i in ids], [by_id[i] for i in ids])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.compare_models", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--a", required=True, help="model folder or name (e.g. the float32 export)")
-    ap.add_argument("--b", required=True, help="model folder or name (e.g. the float16 one)")
-    ap.add_argument("--data", required=True, help="validation npz")
+    ap.add_argument("--a", required=True, help="model folder or name (e.g. the float32 export), or with "
+                    "--reports a diffseg evaluate metrics.json")
+    ap.add_argument("--b", required=True, help="model folder or name (e.g. the float16 one), or a metrics.json")
+    ap.add_argument("--reports", action="store_true", help="--a and --b are diffseg evaluate reports of the "
+                    "same images and seed: pair their per-image scores (no sampling)")
+    ap.add_argument("--data", help="validation npz (not with --reports)")
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--samples", type=int, default=Request.samples)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", default="fp32", help="fp32 (default) or bf16, for both models")
     ap.add_argument("--output", help="also write the per-image scores and the paired summary as JSON")
     args = ap.parse_args(argv)
+    if args.reports:
+        try:
+            table = paired_reports(args.a, args.b)
+        except (InputError, OSError, KeyError, json.JSONDecodeError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for key, row in table.items():
+            print(f"{key}: a {row['a']:.4f}, b {row['b']:.4f}, b - a {row['mean_difference']:+.4f} "
+                  f"(paired SE {row['se']:.4f}, n {row['n']})")
+        return 0
+    if not args.data:
+        ap.error("--data is required without --reports")
     try:
         a, readings = hypotheses(args.a, args.data, args.images, args.samples, args.seed, args.precision)
         b, _ = hypotheses(args.b, args.data, args.images, args.samples, args.seed, args.precision)

@@ -44,3 +44,19 @@ def test_paired_summary_is_the_mean_and_standard_error_of_per_image_differences(
     # Dice: the NaN image is left out of both means and the difference
     assert t["dice"]["n"] == 2 and abs(t["dice"]["mean_difference"] - 0.0) < 1e-12
     assert abs(t["dice"]["a"] - 0.8) < 1e-12
+
+
+def test_reports_are_paired_by_image_id_and_refused_when_not_comparable(tmp_path, capsys):
+    import json
+    rows_a = [{"id": "p1", "ged": 0.5, "hm_iou": 0.4, "dice": 0.7}, {"id": "p2", "ged": 0.3, "hm_iou": 0.6, "dice": 0.5}]
+    rows_b = [{"id": "p2", "ged": 0.1, "hm_iou": 0.6, "dice": 0.5}, {"id": "p1", "ged": 0.4, "hm_iou": 0.5, "dice": 0.8}]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"seed": 0, "num_samples": 16, "data": "v", "per_image": rows_a}))
+    b.write_text(json.dumps({"seed": 0, "num_samples": 16, "data": "v", "per_image": rows_b}))
+    t = compare_models.paired_reports(a, b)
+    assert abs(t["ged"]["mean_difference"] + 0.15) < 1e-12  # (-0.1 + -0.2) / 2, matched by id, not by order
+    assert compare_models.main(["--reports", "--a", str(a), "--b", str(b)]) == 0
+    assert "ged: a 0.4000, b 0.2500" in capsys.readouterr().out
+    b.write_text(json.dumps({"seed": 1, "num_samples": 16, "data": "v", "per_image": rows_b}))
+    assert compare_models.main(["--reports", "--a", str(a), "--b", str(b)]) == 2
+    assert "differ in seed" in capsys.readouterr().err
