@@ -287,7 +287,7 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if folder:
             self.ui.modelsFolderButton.directory = folder
         self.ui.deviceComboBox.currentIndex = int(settings.value(SETTINGS + "Device", 0) or 0)
-        self.ui.fastCheckBox.checked = str(settings.value(SETTINGS + "Fast", "false")).lower() == "true"
+        self.ui.fullPrecisionCheckBox.checked = str(settings.value(SETTINGS + "FullPrecision", "false")).lower() == "true"
         self.ui.exportDirectoryButton.directory = settings.value(SETTINGS + "ExportFolder", qt.QDir.homePath())
         for role in MAP_ROLES:
             self.ui.mapComboBox.addItem(reading.MAP_LABELS[role], role)
@@ -511,7 +511,7 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             steps=self.ui.stepsSpinBox.value or None,
             seed=self.ui.seedSpinBox.value,
             device=DEVICE_CHOICES[self.ui.deviceComboBox.currentIndex],
-            precision="bf16" if self.ui.fastCheckBox.checked else "fp32")
+            precision="fp32" if self.ui.fullPrecisionCheckBox.checked else "auto")
 
     def showProblem(self, message: str, log: str = "") -> None:
         self.ui.statusLabel.text = message
@@ -526,7 +526,7 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             return
         settings = qt.QSettings()
         settings.setValue(SETTINGS + "Device", self.ui.deviceComboBox.currentIndex)
-        settings.setValue(SETTINGS + "Fast", "true" if self.ui.fastCheckBox.checked else "false")
+        settings.setValue(SETTINGS + "FullPrecision", "true" if self.ui.fullPrecisionCheckBox.checked else "false")
         request = self.request()
         if any(v is None for v in request.extra_volumes):
             self.showProblem("Select a volume for every input channel of the model.")

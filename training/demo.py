@@ -29,6 +29,7 @@ import json
 import resource
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -141,15 +142,19 @@ def compare_3d(hypotheses: np.ndarray, readings: np.ndarray, consensus: np.ndarr
 
 
 def run_sampler(ct: Path, model: str, out: Path, samples: int, steps: int | None, seed: int,
-                where: list[str]) -> int:
+                where: list[str], precision: str = "auto") -> tuple[int, float]:
     """The real command line (``where``: --roi/--point arguments), its progress folded to one line
     per 10 % (per slice for a point prompt); its own estimate and slice lines pass through on
-    stderr. Returns the command's peak resident memory in MiB."""
+    stderr. Returns the command's peak resident memory in MiB and its wall-clock seconds, start to exit
+    (what a user waits for: Python and torch start-up, reading the CT, sampling, writing)."""
     cmd = [sys.executable, "-m", "DiffSegUncertaintyLib.engine.cli", "sample", str(ct), "--model", model,
            "--output", str(out), "--samples", str(samples), "--seed", str(seed), *where, "--overwrite"]
     if steps:
         cmd += ["--steps", str(steps)]
+    if precision != "auto":
+        cmd += ["--precision", precision]
     print("$", " ".join(cmd), flush=True)
+    started = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     shown, last, restarted = -1, 0, False
@@ -163,8 +168,9 @@ def run_sampler(ct: Path, model: str, out: Path, samples: int, steps: int | None
                 print(f"  sampling {100 * k // n}%", flush=True)
     if proc.wait() != 0:
         raise SystemExit(proc.returncode)
+    seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux; max over children
-    return int(max(peak, before) // 1024)
+    return int(max(peak, before) // 1024), seconds
 
 
 def crop_box(masks: np.ndarray, margin: int = 12) -> tuple[slice, slice]:
@@ -251,7 +257,8 @@ def run_crops(args: argparse.Namespace, folder: Path, card: dict) -> int:
     size = sitk.ReadImage(str(ct)).GetSize()  # (x, y, z)
     lo = [(size[0] - box) // 2, (size[1] - box) // 2, 0]
     roi = ",".join(str(v) for v in (*lo, lo[0] + box, lo[1] + box, size[2]))
-    run_sampler(ct, str(folder), out / "result", args.samples, args.steps, args.seed, [f"--roi={roi}"])
+    run_sampler(ct, str(folder), out / "result", args.samples, args.steps, args.seed, [f"--roi={roi}"],
+                args.precision)
     summary = json.loads((out / "result" / "summary.json").read_text())
     print(f"\noutputs: {out / 'result'}  (open ct.nrrd and hypotheses.seg.nrrd in 3D Slicer)")
     _print_hypotheses(summary, [int(r.sum()) for r in readings], 1.0, "voxels = nominal mm^3")
@@ -284,10 +291,11 @@ def run_ct(args: argparse.Namespace, folder: Path, card: dict) -> int:
     print(f"model: {card['name']} ({card['method']}, preset {card['preset']}), "
           f"preprocessing {json.dumps(card['input'].get('preprocessing'))}")
     if args.result:  # score a finished run of this CT instead of sampling
-        result, peak_mib = Path(args.result).resolve(), None
+        result, peak_mib, wall_s = Path(args.result).resolve(), None, None
     else:
         result = out / "result"
-        peak_mib = run_sampler(ct_path, str(folder), result, args.samples, args.steps, args.seed, where)
+        peak_mib, wall_s = run_sampler(ct_path, str(folder), result, args.samples, args.steps, args.seed, where,
+                                       args.precision)
     summary = json.loads((result / "summary.json").read_text())
     where = where if not args.result else [f"--roi={','.join(map(str, summary['roi']['start'] + summary['roi']['stop']))}"]
     vols = read_inputs([ct_path])
@@ -308,7 +316,8 @@ def run_ct(args: argparse.Namespace, folder: Path, card: dict) -> int:
               "samples": summary["samples"], "steps": summary["steps"], "seed": summary["seed"], "roi": roi,
               "per_slice": {k: {"mean": v[0], "std": v[1]} for k, v in per_slice.items()},
               "per_slice_slices": list(ks), "three_d": three, "sampling_s": summary["timings"]["sampling_s"],
-              "peak_rss_mib": peak_mib, "file_bytes": files}
+              "precision": summary.get("precision"), "command_s": wall_s, "peak_rss_mib": peak_mib,
+              "file_bytes": files}
     (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
     picks = sorted({ks[0] + 1, (ks[0] + ks[1]) // 2, ks[1] - 1})
     panel(out / "panel.png", ct, readings, hyps, consensus, entropy, picks,
@@ -332,6 +341,9 @@ def run_ct(args: argparse.Namespace, folder: Path, card: dict) -> int:
           + " ".join(f"{v:.3f}" for v in three["reader_dice_to_majority"]) + ")")
     print("files: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in files.items())
           + (f"; peak memory of diffseg sample {peak_mib} MiB" if peak_mib else ""))
+    if wall_s is not None:
+        print(f"diffseg sample took {wall_s:.1f} s from start to exit ({summary.get('precision')}, "
+              f"{summary['steps']} steps)")
     print(f"  ({metrics.describe_conventions()})")
     return 0
 
@@ -351,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--steps", type=int, help="sampler steps (default: the model card's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="as diffseg sample's (default auto: bf16 where the hardware runs it natively)")
     p.add_argument("--result", help="score this finished `diffseg sample` run of the CT instead of sampling")
     args = p.parse_args(argv)
     folder = resolve_model(args.model)

@@ -1,4 +1,4 @@
-"""The papers' figures, remade from our models: ``python -m training.figures {steps,kappa,case,reliability}``.
+"""The papers' figures, remade from our models: ``python -m training.figures {steps,kappa,case,reliability,curves}``.
 
 - ``steps``: DSC and GED against the number of sampling steps, one line per model (PGRD Fig. 3 plots
   DSC against S for PGRD, its ablations and DDPM; GED is added since HSRDiff is judged on it).
@@ -7,6 +7,9 @@
 - ``case``: the image, the readings, N hypotheses, mean probability and predictive entropy
   (HSRDiff Figs. 3-4 and its entropy maps, Appendix D.1).
 - ``reliability``: a reliability diagram of the fused probability p_bar (the bins of ECE).
+- ``curves``: learning curves of training runs that continue one another (issue 15): the training loss
+  (TensorBoard ``train/loss``, averaged per window) and the validation GED / HM-IoU of ``val.jsonl``,
+  against the step counted from the first run's start.
 
 Every number comes from the engine: ``evaluation.evaluate_predictor`` (hence ``metrics.score_image``),
 ``uncertainty.summarize`` for the maps, ``metrics.ece`` for the ECE in the diagram's title. Each
@@ -230,6 +233,54 @@ def plot_reliability(p_bar: np.ndarray, labels: np.ndarray, path: str | Path, na
 
 # -- command line ----------------------------------------------------------------------------------
 
+# -- learning curves (issue 15) --------------------------------------------------------------------
+
+def run_curves(folder: str | Path, offset: int = 0, window: int = 200) -> dict[str, Any]:
+    """One run folder's curves, steps shifted by ``offset`` (the steps of the runs it continues):
+    ``loss`` as (step, mean of the logged train/loss over each ``window`` steps) and ``val`` as the
+    rows of val.jsonl (every metric the validation wrote)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = Path(folder)
+    loss: list[tuple[int, float]] = []
+    for events in sorted((folder / "tb").glob("events.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if "train/loss" in acc.Tags()["scalars"]:
+            loss += [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    loss.sort()
+    binned: dict[int, list[float]] = {}
+    for step, value in loss:
+        binned.setdefault((step - 1) // window, []).append(value)
+    val_path = folder / "val.jsonl"
+    val = [json.loads(line) for line in val_path.read_text().splitlines() if line.strip()] if val_path.exists() else []
+    return {"folder": str(folder), "offset": offset,
+            "loss": [[offset + (b + 1) * window, float(np.mean(v))] for b, v in sorted(binned.items())],
+            "val": [{**row, "step": offset + int(row["step"])} for row in val]}
+
+
+def plot_curves(runs: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path:
+    """Training loss and validation GED / HM-IoU of ``runs`` ({label: run_curves(...)}) on one step axis."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for label, run in runs.items():
+        if run["loss"]:
+            s, v = zip(*run["loss"])
+            axes[0].plot(s, v, label=label)
+        if run["val"]:
+            steps = [r["step"] for r in run["val"]]
+            axes[1].plot(steps, [r["ged"] for r in run["val"]], "o-", label=f"{label} GED")
+            if all("hm_iou" in r for r in run["val"]):
+                axes[1].plot(steps, [r["hm_iou"] for r in run["val"]], "s--", label=f"{label} HM-IoU")
+        if run["offset"]:
+            for ax in axes:
+                ax.axvline(run["offset"], color="0.8", lw=0.8)
+    axes[0].set(xlabel="step (from the first run's start)", ylabel="train loss (window mean)", title="training")
+    axes[1].set(xlabel="step (from the first run's start)", ylabel="val", title="validation (EMA weights)")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    return _save(fig, path, {"runs": runs})
+
+
 def _load(model: str) -> Model:
     return Model.load(model)
 
@@ -260,7 +311,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", required=True)
     p.add_argument("--max-images", type=int, default=50)
     p.add_argument("--steps", type=int, default=None)
+    p = sub.add_parser("curves", help="learning curves of runs that continue one another")
+    p.add_argument("--run", action="append", required=True, metavar="LABEL=FOLDER[:OFFSET]",
+                   help="a run folder (runs/<exp>) and the steps before its start (repeat)")
+    p.add_argument("--window", type=int, default=200, help="steps per point of the loss curve")
+    p.add_argument("--out", required=True, help="output PNG (a .json with the numbers is written beside it)")
     args = ap.parse_args(argv)
+    if args.figure == "curves":
+        runs = {}
+        for spec in args.run:
+            label, _, rest = spec.partition("=")
+            folder, _, offset = rest.rpartition(":") if rest.rpartition(":")[2].isdigit() else (rest, "", "0")
+            if not label or not Path(folder).is_dir():
+                print(f"error: --run {spec}: expected LABEL=FOLDER[:OFFSET] with an existing folder", file=sys.stderr)
+                return 2
+            runs[label] = run_curves(folder, int(offset or 0), args.window)
+        print(f"wrote {plot_curves(runs, args.out)}")
+        return 0
     try:
         data = load_multireader_npz(args.data)
         if args.figure == "steps":

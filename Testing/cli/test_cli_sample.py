@@ -29,6 +29,7 @@ def run(tmp_path_factory, model2d, model3d, model_pgrd, volumes):
         "2d-perm-again": (volumes["permuted-flipped-anisotropic"], ["--model", model2d]),
         "2d-perm-seed1": (volumes["permuted-flipped-anisotropic"], ["--model", model2d, "--seed", "1"]),
         "2d-perm-bf16": (volumes["permuted-flipped-anisotropic"], ["--model", model2d, "--precision", "bf16"]),
+        "2d-perm-fp32": (volumes["permuted-flipped-anisotropic"], ["--model", model2d, "--precision", "fp32"]),
         # by name through --models-dir
         "2d-lps": (volumes["lps"], ["--model", "tiny2d", "--models-dir", model2d.parent]),
         "3d-perm": (volumes["permuted-flipped-anisotropic"], ["--model", model3d, "--samples", "2"]),
@@ -108,14 +109,26 @@ def test_same_seed_same_bits_other_seed_other_hypotheses(run):
 
 
 def test_bf16_is_close_to_fp32_and_recorded(run):
-    a, b = arrays(run("2d-perm")), arrays(run("2d-perm-bf16"))
-    s32, s16 = summary(run("2d-perm")), summary(run("2d-perm-bf16"))
+    a, b = arrays(run("2d-perm-fp32")), arrays(run("2d-perm-bf16"))
+    s32, s16 = summary(run("2d-perm-fp32")), summary(run("2d-perm-bf16"))
     assert (s32["precision"], s16["precision"]) == ("fp32", "bf16")
     assert s32["channels_last"] is False and s16["channels_last"] is False
     assert s32["batch_size"] == s16["batch_size"]  # only the precision differs
     p32, p16 = a["mean_probability.nrrd"], b["mean_probability.nrrd"]
     assert not np.array_equal(p32, p16)  # the networks really ran in bfloat16
     assert np.abs(p32.astype(np.float64) - p16).mean() < 0.02
+
+
+def test_the_default_precision_is_auto_resolved_for_this_cpu(run):
+    """Issue 16: without --precision the run asks for "auto" and records what it resolved to on this
+    machine (bf16 on a CPU with AMX/AVX512-BF16, else fp32), and its outputs are exactly that run's."""
+    from DiffSegUncertaintyLib.engine.pipeline import cpu_has_bf16
+    want = "bf16" if cpu_has_bf16() else "fp32"
+    s = summary(run("2d-perm"))
+    assert (s["precision_requested"], s["precision"]) == ("auto", want)
+    same = arrays(run(f"2d-perm-{want}"))
+    for name, values in arrays(run("2d-perm")).items():
+        assert np.array_equal(values, same[name]), name
 
 
 def test_roi_limits_the_work_and_the_outputs(run, volumes):

@@ -158,14 +158,14 @@ def tiny_model(tmp_path_factory):
 def test_predictor_from_model_seeds_batches_and_resizes(tiny_model):
     model = Model.load(tiny_model)
     images, _ = _set(n=3, size=32)
-    pred = evaluation.predictor_from_model(model, Request(seed=1, device="cpu"))
+    pred = evaluation.predictor_from_model(model, Request(seed=1, device="cpu", precision="fp32"))
     p = pred(images, 3)
     assert p.shape == (3, 3, 2, 32, 32)  # resized to 16 for the model and back to the data's grid
     assert torch.allclose(p.sum(2), torch.ones(3, 3, 32, 32), atol=1e-5)
     assert len(pred.timesteps) == 2  # the card's sampler: DDIM, 2 steps
-    again = evaluation.predictor_from_model(model, Request(seed=1, device="cpu", batch_size=2))
+    again = evaluation.predictor_from_model(model, Request(seed=1, device="cpu", batch_size=2, precision="fp32"))
     assert torch.allclose(again(images[1:2], 3)[0], p[1], atol=1e-5)  # per-hypothesis seeds: batching is invisible
-    other = evaluation.predictor_from_model(model, Request(seed=2, device="cpu"))(images, 3)
+    other = evaluation.predictor_from_model(model, Request(seed=2, device="cpu", precision="fp32"))(images, 3)
     assert not torch.allclose(other, p)
     small, _ = _set(n=2, size=16)  # on the card's grid: no resize; p = softmax(y0 / tau_out) over classes
     from DiffSegUncertaintyLib.engine.sampling.sampler import sample
@@ -287,3 +287,27 @@ def test_stacks_need_the_nodule_arrays():
     data = evaluation.MultiReaderSet(np.zeros((2, 8, 8), np.uint8), np.zeros((2, 4, 8, 8), np.uint8))
     with pytest.raises(InputError, match="patient / nodule / slice"):
         data.stacks(2)
+
+
+def test_evaluate_under_torchrun_gathers_what_one_process_writes(tiny_model, lidc_root, tmp_path):
+    """Issue 15: `torchrun --nproc-per-node 2 ... evaluate` shares 5 real val images out (3 + 2) and rank 0
+    writes the metrics.json a single process writes: the same per-image rows in the same order, the same
+    summary (only the timing and the process count differ)."""
+    import subprocess
+    import sys
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["evaluate", "--model", str(tiny_model), "--data", str(lidc_root / "val.npz"), "--samples", "3",
+              "--max-images", "5", "--device", "cpu", "--quiet"]
+    one = subprocess.run([sys.executable, "-m", "DiffSegUncertaintyLib.engine.cli", *common,
+                          "--output", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "DiffSegUncertaintyLib.engine.cli", *common, "--output", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
+    assert (a["processes"], b["processes"]) == (1, 2)
+    assert [r["index"] for r in b["per_image"]] == list(range(5))
+    assert b["per_image"] == a["per_image"] and b["summary"] == a["summary"]
+    assert {k: v for k, v in a.items() if k not in ("seconds", "processes")} == \
+        {k: v for k, v in b.items() if k not in ("seconds", "processes")}

@@ -64,11 +64,18 @@ def test_precision_auto_follows_the_cpu_and_is_recorded(model, image, monkeypatc
     want = "bf16" if has_bf16 else "fp32"
     assert pipeline.resolve_precision("auto", "cpu") == want
     assert pipeline.resolve_precision("auto", "mps") == "fp32" and pipeline.resolve_precision("fp32", "cpu") == "fp32"
-    result = Segmenter(model)(volumes_from_array(image), Request(samples=2, steps=1, device="cpu", precision="auto"))
-    summary = result.summary()
+    result = Segmenter(model)(volumes_from_array(image), Request(samples=2, steps=1, device="cpu"))
+    summary = result.summary()  # auto is the default (issue 16)
     assert summary["precision"] == want and summary["precision_requested"] == "auto"
     explicit = Segmenter(model)(volumes_from_array(image), Request(samples=2, steps=1, device="cpu", precision=want))
     assert (result.y0 == explicit.y0).all()  # auto is exactly the precision it resolves to
+
+
+@pytest.mark.parametrize("major, want", [(7, "fp32"), (8, "bf16"), (9, "bf16")])
+def test_precision_auto_on_cuda_wants_native_bf16(monkeypatch, major, want):
+    """A Volta/Turing GPU emulates bf16 (slower than fp32): auto keeps fp32 there, bf16 from Ampere on."""
+    monkeypatch.setattr(pipeline.torch.cuda, "get_device_capability", lambda device=None: (major, 0))
+    assert pipeline.resolve_precision("auto", "cuda") == want
 
 
 def test_memory_estimate_by_hand_and_refusal(model, image, monkeypatch):

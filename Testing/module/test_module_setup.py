@@ -91,3 +91,17 @@ def test_an_unplaced_roi_is_refused_before_anything_starts(panel):
     w.ui.sampleButton.click()
     assert not w.logic.scene.busy
     assert "has not been placed" in ctk.ctkMessageBox.shown[-1]["text"]
+
+
+def test_precision_is_automatic_unless_full_precision_is_ticked(panel):
+    """Issue 16: the panel asks for the fast precision by default ("auto": bf16 where the hardware runs
+    it natively) and for fp32 only when the user ticks the box; the choice reaches the command line."""
+    from DiffSegUncertaintyLib.engine import cli
+    w = panel["widget"]
+    assert not w.ui.fullPrecisionCheckBox.property("checked")
+    assert w.request().precision == "auto"
+    w.ui.fullPrecisionCheckBox.setProperty("checked", True)
+    request = w.request()
+    assert request.precision == "fp32"
+    cmd = w.logic.scene.command(request, ["in.nrrd"], "out")
+    assert cli.build_parser().parse_args(cmd[3:]).precision == "fp32"

@@ -85,7 +85,8 @@ def test_the_main_job_on_the_whole_ct(lidc_ct_root, tmp_path, capsys):
         name = f"reader-{n}-interior.nrrd"
         sitk.WriteImage(sitk.ReadImage(str(lidc_ct_root / name))[sub], str(case / name), True)
     rc = demo.main(["--ct", str(case), "--model", str(SHIPPED_MODELS / "lidc-hsrdiff-small-cpu"),
-                    "--point", "318,365,2", "--samples", "2", "--steps", "2", "--output", str(tmp_path / "o")])
+                    "--point", "318,365,2", "--samples", "2", "--steps", "2", "--precision", "fp32",
+                    "--output", str(tmp_path / "o")])
     out = capsys.readouterr().out
     assert rc == 0, out
     import json
@@ -95,6 +96,7 @@ def test_the_main_job_on_the_whole_ct(lidc_ct_root, tmp_path, capsys):
     assert s["per_slice_slices"] == [0, 4] and s["preprocessing"] == CT_PREPROCESSING
     run = json.loads((tmp_path / "o" / "result" / "summary.json").read_text())
     assert run["point"] == [318, 365, 2] and run["growth"]["axis"] == 2
+    assert run["precision"] == s["precision"] == "fp32" and s["command_s"] >= run["timings"]["sampling_s"] > 0
     assert run["growth"]["first"] == s["roi"]["start"][2] and run["growth"]["last"] == s["roi"]["stop"][2] - 1
     three = s["three_d"]
     # 2 DDIM steps draw rough outlines (consensus Dice 0.44 on 7 slices), but on the nodule: a box or a

@@ -120,3 +120,25 @@ def test_command_line(tiny, tmp_path, argv, capsys):
     assert rc == 0 and out.exists() and out.with_suffix(".json").exists()
     assert figures.main(["case", "--model", str(folder), "--data", str(tmp_path / "none.npz"),
                          "--out", str(out)]) == 2
+
+
+def test_curves_join_runs_that_continue_one_another(tmp_path):
+    """Two runs as train.py leaves them (TensorBoard train/loss, val.jsonl): the second continues the first
+    after 10 steps, so its steps shift by 10; the loss is averaged per window (by hand: steps 1-5 -> 3,
+    6-10 -> 8)."""
+    from torch.utils.tensorboard import SummaryWriter
+    for name, scale in (("a", 1.0), ("b", 0.5)):
+        run = tmp_path / name
+        with SummaryWriter(str(run / "tb")) as w:
+            for step in range(1, 11):
+                w.add_scalar("train/loss", scale * step, step)
+                w.add_scalar("train/lr", 1e-3, step)
+        (run / "val.jsonl").write_text(json.dumps({"ged": 0.3 * scale, "hm_iou": 0.5, "step": 10}) + "\n")
+    assert figures.main(["curves", "--run", f"first={tmp_path / 'a'}", "--run", f"second={tmp_path / 'b'}:10",
+                         "--window", "5", "--out", str(tmp_path / "curves.png")]) == 0
+    runs = json.loads((tmp_path / "curves.json").read_text())["runs"]
+    assert runs["first"]["loss"] == [[5, pytest.approx(3.0)], [10, pytest.approx(8.0)]]
+    assert runs["second"]["loss"] == [[15, pytest.approx(1.5)], [20, pytest.approx(4.0)]]
+    assert runs["second"]["val"] == [{"ged": pytest.approx(0.15), "hm_iou": 0.5, "step": 20}]
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert figures.main(["curves", "--run", f"x={tmp_path / 'none'}", "--out", str(tmp_path / "c.png")]) == 2

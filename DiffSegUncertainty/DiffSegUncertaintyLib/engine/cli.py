@@ -23,7 +23,7 @@ from dataclasses import asdict
 from typing import Any, Sequence
 
 from .errors import InputError
-from .files.modelfile import DEFAULT_SAMPLES, PRECISIONS, broken_models, find_models, read_card
+from .files.modelfile import DEFAULT_SAMPLES, PRECISION_CHOICES, broken_models, find_models, read_card
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: request field -> the flag that sets it (pipeline.RequestError.field)
@@ -82,12 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=None, help="(slice or patch, hypothesis) pairs per "
                    "network call; halved automatically on out-of-memory (default: GPU 64 in 2D, 2 patches "
                    "in 3D; CPU a voxel budget, 4 pairs of 128 x 128, measured fastest)")
-    s.add_argument("--precision", choices=("auto", *PRECISIONS), default="fp32",
-                   help="fp32 (default), bf16 or auto (bf16 on a CPU with AMX/AVX512-BF16 or a CUDA GPU with "
-                   "bf16, else fp32; the choice is printed and recorded in summary.json). bf16: the networks "
-                   "run under bfloat16 autocast, 1.2-1.9x "
-                   "faster measured on a CPU with AVX-512-BF16; hypotheses close to fp32's, "
-                   "not equal (docs/benchmarks.md); cpu and cuda only")
+    s.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="auto (default: bf16 on a CPU with AMX/AVX512-BF16 or a CUDA GPU of compute capability "
+                   "8.0+, else fp32; the choice is printed and recorded in summary.json), fp32 or bf16. bf16: "
+                   "the networks run under bfloat16 autocast, 1.2-1.9x faster measured on CPUs with native "
+                   "bfloat16, GED equal to fp32's within 0.001 on 256 val slices (docs/benchmarks.md); "
+                   "cpu and cuda only")
     s.add_argument("--channels-last", action="store_true", help="run the networks in the channels-last "
                    "memory format (may help on GPUs; no gain measured on CPU)")
     s.add_argument("--overlap", type=float, default=0.25, help="3D models: sliding-window overlap in "
@@ -132,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="random seed (default 0), as sample's")
     e.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="auto: cuda, else mps, else cpu (default auto)")
-    e.add_argument("--precision", choices=("auto", *PRECISIONS), default="fp32",
-                   help="as sample's (default fp32)")
+    e.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="as sample's (default auto)")
     e.add_argument("--batch-size", type=int, default=None, help="(image, hypothesis) pairs per network call "
                    "(default: the device's, as sample's)")
     e.add_argument("--max-images", type=int, default=None, help="score N images evenly spaced over the file")
@@ -363,6 +363,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 # -- diffseg evaluate ------------------------------------------------------------------------------
 
+def _join_torchrun(device: str) -> int:
+    """Under ``torchrun`` (WORLD_SIZE > 1): join the process group (nccl on GPUs, gloo on CPUs; each rank
+    on its own GPU) so ``evaluation.evaluate_predictor`` shares the images out; returns the world size."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 1
+    import torch
+    import torch.distributed as dist
+
+    gpu = device in ("auto", "cuda") and torch.cuda.is_available()
+    if gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if gpu else "gloo")
+    import atexit
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    return world
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score exactly what ``sample`` would write for each image (evaluation.predictor_from_model)."""
     from .analysis import evaluation
@@ -372,6 +391,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.max_images is not None and args.max_images < 1:
         raise InputError(f"--max-images must be at least 1 (got {args.max_images})")
     output = check_output(args.output, args.overwrite)
+    world = _join_torchrun(request.device)
+    if world > 1:
+        rank = evaluation.shard()[0]
+        args.quiet = args.quiet or rank > 0  # one voice: rank 0 speaks and writes
     model = Model.load(args.model, args.models_dir)
     data = evaluation.data_for_model(evaluation.load_multireader_npz(args.data), model.card, args.max_images)
     hi = int(data.masks.max())
@@ -401,7 +424,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress.close()
     extra = {"model": model.name, "model_folder": str(model.folder), "data": str(data.path),
              "sampler": plan.config.method, "steps": len(plan.timesteps), "sampler_config": asdict(plan.config),
-             "seed": request.seed, "device": plan.device, "precision": plan.precision}
+             "seed": request.seed, "device": plan.device, "precision": plan.precision, "processes": world}
+    if evaluation.shard()[0] > 0:
+        return EXIT_OK  # rank 0 holds the same gathered rows and writes them
     jpath, tpath = evaluation.write_report(result, output, model.name, extra, overwrite=args.overwrite)
     print(tpath.read_text())
     _say(args, f"wrote {jpath} and {tpath}")

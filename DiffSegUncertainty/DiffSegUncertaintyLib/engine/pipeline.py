@@ -50,7 +50,7 @@ import torch
 
 from .errors import InputError
 from .sampling.inference import Roi, check_roi, run_model
-from .files.modelfile import DEFAULT_SAMPLES, PRECISIONS, ModelFileError, load_model, read_card, resolve_model, roi_required
+from .files.modelfile import DEFAULT_SAMPLES, PRECISION_CHOICES, ModelFileError, load_model, read_card, resolve_model, roi_required
 from .sampling.sampler import CancelFn, ProgressFn, SamplerConfig, check_precision, sample
 from .analysis.uncertainty import UncertaintyMaps, summarize
 from .files.outputs import CONSENSUS_FILE, MAP_FILES, OUTPUT_FILES, SEGMENTATION_FILE, SUMMARY_FILE
@@ -61,7 +61,6 @@ from .files.volumes import (PALETTE, Geometry, InputVolumes, Segment, canonical_
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SAMPLERS = ("ddpm", "ddim")
 SPACINGS = ("leading", "trailing", "linspace")
-PRECISION_CHOICES = ("auto", *PRECISIONS)
 #: Host memory kept free beside the estimate (the interpreter, torch, MONAI, the network's activations).
 MEMORY_MARGIN = 1 << 30
 
@@ -91,8 +90,9 @@ class Request:
     index (i, j[, k]) or an LPS point in mm inside the lesion: the model's input box is centred on it and a
     2D model grows the slice range while its hypotheses find the lesion, at most ``max_slices`` slices
     (engine/prompt.py); at most one of roi, roi_mm, point, point_mm.
-    device: auto (cuda, else mps, else cpu), cpu, cuda, mps. precision: fp32, bf16 (networks under
-    autocast) or auto (``resolve_precision``: bf16 where the hardware runs it natively, else fp32). batch_size: (slice or patch, hypothesis) pairs per network call (None: the device's
+    device: auto (cuda, else mps, else cpu), cpu, cuda, mps. precision: auto (the default,
+    ``resolve_precision``: bf16 where the hardware runs it natively, else fp32; issue 16), fp32, or bf16
+    (networks under autocast). batch_size: (slice or patch, hypothesis) pairs per network call (None: the device's
     default). overlap: 3D sliding-window overlap in [0, 1). channels_last: memory format.
     """
 
@@ -108,7 +108,7 @@ class Request:
     point_mm: Sequence[float] | None = None
     max_slices: int = 64
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     batch_size: int | None = None
     overlap: float = 0.25
     channels_last: bool = False
@@ -310,7 +310,8 @@ def resolve_precision(choice: str, device: str) -> str:
     if choice != "auto":
         return choice
     if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        # native bf16 only (Ampere, compute capability 8.0, and later): older GPUs emulate it, slower than fp32
+        return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp32"
     if device == "cpu":
         return "bf16" if cpu_has_bf16() else "fp32"
     return "fp32"

@@ -41,7 +41,7 @@ class SampleRequest:
     steps: int | None = None                 # None: the card's default
     seed: int = 0
     device: str = "auto"                     # auto | cuda | cpu
-    precision: str = "fp32"                  # fp32 | bf16 (the module's "Faster" box; `--precision`)
+    precision: str = "auto"                  # auto | fp32 | bf16 (fp32: the module's "Full precision" box)
 
     @property
     def volumes(self) -> list:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..engine.files.modelfile import PRECISIONS
+from ..engine.files.modelfile import PRECISION_CHOICES
 from .export import export_run
 from .inputs import InputProblem, SampleRequest, check_request, point_lps, roi_box_lps, write_input
 from .progress import ProgressTracker
@@ -104,8 +104,9 @@ class DiffSegUncertaintyLogic:
         check_request(request, card)
         if request.device.lower() not in DEVICES:
             raise InputProblem(f"Unknown device {request.device!r}: choose auto, GPU or CPU.")
-        if request.precision not in PRECISIONS:
-            raise InputProblem(f"Unknown precision {request.precision!r}: choose {' or '.join(PRECISIONS)}.")
+        if request.precision not in PRECISION_CHOICES:
+            raise InputProblem(f"Unknown precision {request.precision!r}: choose "
+                               f"{', '.join(PRECISION_CHOICES[:-1])} or {PRECISION_CHOICES[-1]}.")
         return card
 
     def command(self, request: SampleRequest, inputs: list[Path], output: Path) -> list[str]:
@@ -115,7 +116,7 @@ class DiffSegUncertaintyLogic:
                "--device", DEVICES[request.device.lower()]]
         if request.steps is not None:
             cmd += ["--steps", str(request.steps)]
-        if request.precision != "fp32":
+        if request.precision != "auto":
             cmd += ["--precision", request.precision]
         if request.point is not None:
             # the ROI helper's click: the sampler centres the model's box on it and a 2D model grows

@@ -221,6 +221,13 @@ def _as_numpy(x: Any) -> np.ndarray:
     return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
 
 
+def shard() -> tuple[int, int]:
+    """(rank, world size) of a ``torch.distributed`` run (``torchrun``), (0, 1) otherwise."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def evaluate_predictor(predict: Predictor, images: np.ndarray, annotations: np.ndarray,
                        num_samples: int = DEFAULT_SAMPLES, batch_size: int = 1, progress: Any = False, *,
                        reference: str = metrics.DEFAULT_REFERENCE, empty: str = metrics.DEFAULT_EMPTY,
@@ -229,6 +236,11 @@ def evaluate_predictor(predict: Predictor, images: np.ndarray, annotations: np.n
 
     images (N, *S) as stored; annotations (N, A, *S). ``batch_size`` images go to ``predict`` at a time.
     ``progress``: True for a tqdm bar (stderr), or a callback ``progress(done, total)``.
+
+    Under ``torch.distributed`` (``torchrun``), rank r of W scores images r, r + W, ... and every rank
+    returns all N rows, gathered and put back in image order, so the summary is the one a single process
+    computes: an image's hypotheses depend only on (seed, hypothesis), never on which process draws them.
+    ``progress`` then counts this rank's images.
     """
     images, annotations = np.asarray(images), np.asarray(annotations)
     n = len(images)
@@ -236,39 +248,47 @@ def evaluate_predictor(predict: Predictor, images: np.ndarray, annotations: np.n
         raise InputError(f"need as many annotation sets as images (got {n} images, {len(annotations)} sets)")
     if int(num_samples) < 1:
         raise InputError("num_samples must be at least 1")
+    rank, world = shard()
+    mine = list(range(rank, n, world))
     bar = None
     if progress is True:
         from tqdm import tqdm
-        bar = tqdm(total=n, unit="image", desc="evaluate", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=len(mine), unit="image", desc="evaluate", file=sys.stderr, dynamic_ncols=True)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
+    step = max(1, int(batch_size))
     try:
-        for start in range(0, n, max(1, int(batch_size))):
-            batch = images[start:start + max(1, int(batch_size))]
-            probs = _as_numpy(predict(batch, int(num_samples)))
-            want = (len(batch), int(num_samples))
+        for start in range(0, len(mine), step):
+            index = mine[start:start + step]
+            probs = _as_numpy(predict(images[index], int(num_samples)))
+            want = (len(index), int(num_samples))
             if probs.ndim != annotations.ndim + 1 or probs.shape[:2] != want or \
                     probs.shape[3:] != annotations.shape[2:]:
                 raise InputError(f"the predictor returned shape {probs.shape}; expected (B, M, C, *S) = "
                                  f"{want + ('C',) + annotations.shape[2:]}")
             num_classes = probs.shape[2]
             samples = probs.argmax(axis=2)
-            for b in range(len(batch)):
-                i = start + b
+            for b, i in enumerate(index):
                 scores = metrics.score_image(samples[b], annotations[i], probs[b], num_classes,
                                              reference=reference, empty=empty, ece_background=ece_background)
                 rows.append({"index": i, "id": ids[i] if ids is not None else str(i), **scores})
             if bar is not None:
-                bar.update(len(batch))
+                bar.update(len(index))
                 bar.set_postfix(ged=f"{np.nanmean([r['ged'] for r in rows]):.3f}")
             elif callable(progress):
-                progress(len(rows), n)
+                progress(len(rows), len(mine))
     finally:
         if bar is not None:
             bar.close()
+    seconds = time.perf_counter() - started
+    if world > 1:
+        parts: list[Any] = [None] * world
+        torch.distributed.all_gather_object(parts, (rows, seconds))
+        rows = sorted((r for part, _ in parts for r in part), key=lambda r: r["index"])
+        seconds = max(t for _, t in parts)  # the wall clock of the slowest rank
     metric_rows = [{k: v for k, v in r.items() if k not in ("index", "id")} for r in rows]
     return {"per_image": rows, "summary": metrics.aggregate(metric_rows), "num_images": n,
-            "num_samples": int(num_samples), "seconds": time.perf_counter() - started,
+            "num_samples": int(num_samples), "seconds": seconds,
             "conventions": {"reference": reference, "empty": empty, "ece_background": ece_background,
                             "ece_bins": metrics.ECE_BINS, "num_samples": int(num_samples)}}
 

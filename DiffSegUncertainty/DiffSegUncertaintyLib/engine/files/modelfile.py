@@ -35,6 +35,8 @@ LABEL_EMBEDDING = "2*onehot-1"
 SHIPPED_MODELS = Path(__file__).resolve().parents[3] / "Resources" / "Models"
 #: the sampler's precisions (sampler.sample), kept here, torch-free, for the CLI parser and the scene layer
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+#: what a caller may ask for: "auto" (the default, issue 16) resolves to one of PRECISIONS on the device
+PRECISION_CHOICES: tuple[str, ...] = ("auto", *PRECISIONS)
 #: hypotheses per image when a caller does not say (the M of GED_M in both papers), torch-free for the same reason
 DEFAULT_SAMPLES = 16
 
