@@ -44,6 +44,7 @@ import torch
 
 from DiffSegUncertaintyLib.engine.analysis import metrics
 from DiffSegUncertaintyLib.engine.files import modelfile
+from DiffSegUncertaintyLib.engine.files.modelfile import PRECISION_CHOICES
 from DiffSegUncertaintyLib.engine.networks.checks import InputError
 from DiffSegUncertaintyLib.engine.sampling.diffusion import to_probabilities
 from DiffSegUncertaintyLib.engine.analysis.evaluation import (data_for_model, evaluate_predictor, load_multireader_npz,
@@ -223,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=Request.samples, help="hypotheses per image")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    ap.add_argument("--precision", choices=PRECISION_CHOICES, default="auto", help="as diffseg sample's")
     ap.add_argument("--batch-size", type=int, default=None, help="(image, sample) pairs per network call "
                     "(default: the device's, as diffseg sample)")
     ap.add_argument("--tau-min", type=float, default=TAU_MIN)
@@ -241,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.samples < 1 or args.images < 0:
             raise InputError("--samples must be at least 1 and --images at least 0")
-        request = Request(seed=args.seed, device=args.device, batch_size=args.batch_size).check()
+        request = Request(seed=args.seed, device=args.device, batch_size=args.batch_size,
+                          precision=args.precision).check()
         if args.output:
             check_output(args.output, args.overwrite)
         path = val_file(args.data)
@@ -252,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InputError(f"{path} has labels up to {int(data.masks.max())} but the model has "
                              f"{model.num_classes} classes")
         predict = predictor_from_model(loaded, request, data.box)  # each image as diffseg sample draws it
-        predict.plan(data.images[0], args.samples)  # every check before the first image is sampled
+        plan = predict.plan(data.images[0], args.samples)  # every check before the first image is sampled
         from tqdm import tqdm
         y0: list[torch.Tensor] = []
         with torch.no_grad(), tqdm(total=len(data), unit="image", desc="sample", file=sys.stderr,
@@ -277,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     info = {"tau_out": fit.tau, "fitted_on": "val", "data": str(path), "images": len(data),
             "samples": args.samples, "seed": args.seed, "sampler": card.get("sampling"),
+            "precision": plan.precision,
             "tau_out_before": before_tau, "nll_before": before["nll"], "nll_after": fit.nll,
             "ece_before": before["ece"], "ece_after": fit.ece,
             "dice_before": before.get("dice"), "dice_after": fit.scores.get("dice"),
@@ -308,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         jpath, tpath = write_report(result, args.output, str(card.get("name", "model")), {
             "model": card.get("name"), "model_folder": str(folder), "data": str(path), "sampler": predict.config.method,
             "steps": len(predict.timesteps), "sampler_config": card.get("sampling"), "seed": args.seed,
-            "tau_out": fit.tau, "device": str(args.device)}, overwrite=args.overwrite)
+            "tau_out": fit.tau, "device": plan.device, "precision": plan.precision}, overwrite=args.overwrite)
         metrics_doc = json.loads(jpath.read_text())
         print(tpath.read_text())
         print(f"wrote {jpath} and {tpath}")

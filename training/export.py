@@ -81,7 +81,7 @@ def card_metrics(doc: dict[str, Any], split: str, step: int | None, source: str 
     for every writer (export, ``training.calibrate``)."""
     return {"split": split, "step": step, "source": source, "data": doc.get("data"),
             "images": doc["num_images"], "samples": doc["num_samples"], "sampler": doc.get("sampler_config"),
-            **extra, "conventions": doc.get("conventions_text"),
+            **({"precision": doc["precision"]} if doc.get("precision") else {}), **extra, "conventions": doc.get("conventions_text"),
             "values": {k: v["mean"] for k, v in doc["summary"].items()},
             "std": {k: v["std"] for k, v in doc["summary"].items()}}
 

@@ -260,23 +260,23 @@ def run_curves(folder: str | Path, offset: int = 0, window: int = 200) -> dict[s
 
 
 def plot_curves(runs: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path:
-    """Training loss and validation GED / HM-IoU of ``runs`` ({label: run_curves(...)}) on one step axis."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for label, run in runs.items():
+    """Training loss and validation GED / HM-IoU of ``runs`` ({label: run_curves(...)}) on one step axis,
+    one colour per run; grey lines where a run continues another."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for n, (label, run) in enumerate(runs.items()):
+        colour = f"C{n}"
         if run["loss"]:
             s, v = zip(*run["loss"])
-            axes[0].plot(s, v, label=label)
-        if run["val"]:
-            steps = [r["step"] for r in run["val"]]
-            axes[1].plot(steps, [r["ged"] for r in run["val"]], "o-", label=f"{label} GED")
-            if all("hm_iou" in r for r in run["val"]):
-                axes[1].plot(steps, [r["hm_iou"] for r in run["val"]], "s--", label=f"{label} HM-IoU")
+            axes[0].plot(s, v, color=colour, label=label)
+        for ax, key in ((axes[1], "ged"), (axes[2], "hm_iou")):
+            rows = [r for r in run["val"] if key in r]
+            if rows:
+                ax.plot([r["step"] for r in rows], [r[key] for r in rows], "o-", color=colour, label=label)
         if run["offset"]:
             for ax in axes:
                 ax.axvline(run["offset"], color="0.8", lw=0.8)
-    axes[0].set(xlabel="step (from the first run's start)", ylabel="train loss (window mean)", title="training")
-    axes[1].set(xlabel="step (from the first run's start)", ylabel="val", title="validation (EMA weights)")
-    for ax in axes:
+    for ax, what in zip(axes, ("train loss (window mean)", "val GED (EMA weights)", "val HM-IoU (EMA weights)")):
+        ax.set(xlabel="step (from the first run's start)", title=what)
         ax.legend(fontsize=7)
     return _save(fig, path, {"runs": runs})
 
@@ -314,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("curves", help="learning curves of runs that continue one another")
     p.add_argument("--run", action="append", required=True, metavar="LABEL=FOLDER[:OFFSET]",
                    help="a run folder (runs/<exp>) and the steps before its start (repeat)")
-    p.add_argument("--window", type=int, default=200, help="steps per point of the loss curve")
+    p.add_argument("--window", type=int, default=500, help="steps per point of the loss curve")
     p.add_argument("--out", required=True, help="output PNG (a .json with the numbers is written beside it)")
     args = ap.parse_args(argv)
     if args.figure == "curves":
