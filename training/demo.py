@@ -306,8 +306,11 @@ def run_ct(args: argparse.Namespace, folder: Path, card: dict) -> int:
     entropy = sitk.GetArrayFromImage(sitk.ReadImage(str(result / "entropy.nrrd")))
     voxel = float(np.prod(geo.spacing))
     ks = slice_range(readings)
-    per_slice = compare(hyps[:, ks[0]:ks[1] + 1], readings[:, ks[0]:ks[1] + 1])
-    three = compare_3d(hyps, readings, consensus, voxel)
+    # every score is of the masks' voxels only, so score the in-plane box that holds all of them (all
+    # slices kept, so slice numbers stay the CT's): the same numbers, 50x less data on a 512x512 CT
+    box = (slice(None), slice(None), *crop_box(np.concatenate([readings, hyps, consensus[None]]), margin=1))
+    per_slice = compare(hyps[box][:, ks[0]:ks[1] + 1], readings[box][:, ks[0]:ks[1] + 1])
+    three = compare_3d(hyps[box], readings[box], consensus[box[1:]], voxel)
     files = {p.name: p.stat().st_size for p in sorted(result.iterdir())}
     roi = summary["roi"]
     scores = {"case": str(ct_path), "where": where, "model": summary["model"]["name"],

@@ -277,7 +277,8 @@ def plot_curves(runs: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path
                 ax.axvline(run["offset"], color="0.8", lw=0.8)
     for ax, what in zip(axes, ("train loss (window mean)", "val GED (EMA weights)", "val HM-IoU (EMA weights)")):
         ax.set(xlabel="step (from the first run's start)", title=what)
-        ax.legend(fontsize=7)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(runs), fontsize=8,
+               bbox_to_anchor=(0.5, -0.13))
     return _save(fig, path, {"runs": runs})
 
 
