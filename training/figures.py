@@ -321,12 +321,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.figure == "curves":
         runs = {}
         for spec in args.run:
-            label, _, rest = spec.partition("=")
-            folder, _, offset = rest.rpartition(":") if rest.rpartition(":")[2].isdigit() else (rest, "", "0")
+            label, _, folder = spec.partition("=")
+            offset = "0"
+            if folder.rpartition(":")[2].isdigit():
+                folder, _, offset = folder.rpartition(":")
             if not label or not Path(folder).is_dir():
                 print(f"error: --run {spec}: expected LABEL=FOLDER[:OFFSET] with an existing folder", file=sys.stderr)
                 return 2
-            runs[label] = run_curves(folder, int(offset or 0), args.window)
+            runs[label] = run_curves(folder, int(offset), args.window)
         print(f"wrote {plot_curves(runs, args.out)}")
         return 0
     try:

@@ -107,3 +107,20 @@ def test_the_main_job_on_the_whole_ct(lidc_ct_root, tmp_path, capsys):
     png = (tmp_path / "o" / "panel.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     assert "panel:" in out and "per slice" in out and "readers' range" in out
+
+
+def test_scoring_the_masks_box_gives_the_full_grid_numbers():
+    """The main job scores the in-plane box around every mask (demo.masks_box); on a grid with the masks
+    away from the centre and background elsewhere, every score equals the full grid's."""
+    rng = np.random.default_rng(3)
+    readings = np.zeros((4, 6, 96, 80), np.uint8)
+    hyps = np.zeros((5, 6, 96, 80), np.uint8)
+    for r in range(4):
+        readings[r, 1:5, 60 + r:75, 10:22 + r] = 1
+    for m in range(5):
+        hyps[m, 1 + m % 2:5, 58 + m:74, 9 + m:24] = rng.random((4 - m % 2, 16 - m, 15 - m)) > 0.2
+    consensus = (hyps.mean(0) >= 0.5).astype(np.uint8)
+    h, r, c = demo.masks_box(hyps, readings, consensus)
+    assert h.shape[:2] == hyps.shape[:2] and h.shape[2] * h.shape[3] < 0.1 * 96 * 80
+    assert demo.compare(h, r) == demo.compare(hyps, readings)
+    assert demo.compare_3d(h, r, c, 1.25) == demo.compare_3d(hyps, readings, consensus, 1.25)
