@@ -56,6 +56,8 @@ CASES: dict[str, tuple[str, str, dict[str, Any], tuple[int, ...]]] = {
     "pgrd-3d-stack": ("pgrd", "pgrd-3d", {}, (32, 128, 128)),   # 128 x 128 x 32 nodule stack
     "pgrd-3d-96": ("pgrd", "pgrd-3d", {}, (96, 96, 96)),         # 96^3 MRI patch
     "hsrdiff-small-64": ("hsrdiff", "hsrdiff-small", {}, (64, 64)),  # the trained CPU model's size
+    "pgrd-small-64": ("pgrd", "pgrd-small", {}, (64, 64)),           # the shipped PGRD 2D model's
+    "pgrd-small-3d": ("pgrd", "pgrd-small-3d", {}, (8, 64, 64)),     # the shipped PGRD 3D model's
     "tiny-hsrdiff": ("hsrdiff", "tiny", {}, (64, 64)),           # tests / smoke runs
     "tiny-pgrd": ("pgrd", "tiny", {}, (64, 64)),
 }
@@ -167,7 +169,7 @@ def precision(opts: Options) -> str:
 
 def build_case(name: str, device, seed: int = 0):
     method, preset, overrides, size = CASES[name]
-    if len(size) == 3:
+    if len(size) == 3 and registry.preset_config(method, preset).get("spatial_dims") != 3:
         overrides = {**overrides, "spatial_dims": 3}
     torch.manual_seed(seed)
     model = registry.build_model(method, registry.preset_config(method, preset, **overrides)).to(device).eval()
@@ -200,6 +202,9 @@ def row_for(case: str, method: str, preset: str, sampler: str, spec: str, M: int
 
 def run(args) -> dict[str, Any]:
     device = torch.device(args.device)
+    if args.keep_freed_memory:  # what `diffseg` does in its own process (engine/allocator.py)
+        from DiffSegUncertaintyLib.engine.allocator import keep_freed_memory
+        print(f"keep freed memory (glibc mallopt): {keep_freed_memory()}", flush=True)
     threads = args.threads or (2 if device.type == "cpu" else torch.get_num_threads())
     torch.set_num_threads(threads)
     measure_mode = args.measure if args.measure != "auto" else ("full" if device.type == "cuda" else "per-step")
@@ -431,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="bf16 = --precision bf16; fp16 autocast is applied around the sampler")
     ap.add_argument("--tf32", action="store_true")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="raise glibc's mmap/trim thresholds first, as diffseg does (engine/allocator.py)")
     ap.add_argument("--compile", choices=("off", "default", "max-autotune-no-cudagraphs"), default="off")
     ap.add_argument("--cuda-graphs", action="store_true", help="torch.compile mode reduce-overhead")
     ap.add_argument("--inference-mode", action="store_true", help="no effect: the sampler always uses it")

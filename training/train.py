@@ -231,10 +231,12 @@ def build_task(cfg: dict[str, Any], arch: dict[str, Any]) -> Task:
     params = list(model.parameters())
     if m["method"] == "pgrd" and model.prior is not None:
         prior_run = m.get("prior_run")
-        if not prior_run:
-            raise ValueError("PGRD diffusion stage needs model.prior_run (the prior stage's run folder)")
-        state, which = ck.best_or_last(Path(prior_run))
-        model.prior.load_state_dict(state["weights"])
+        if prior_run:
+            state, which = ck.best_or_last(Path(prior_run))
+            model.prior.load_state_dict(state["weights"])
+        elif not m.get("init_from"):  # a model folder holds the prior too: train() copies it in
+            raise ValueError("PGRD diffusion stage needs model.prior_run (the prior stage's run folder) or "
+                             "model.init_from (a model folder, whose prior is kept)")
         model.freeze_prior()
         params = list(model.denoiser_parameters())
     return Task(model, lambda n, x, y: n.loss(x, y), params, _diffusion_predict(cfg["validation"]["sampler"]),

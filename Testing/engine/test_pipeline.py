@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from DiffSegUncertaintyLib.engine import pipeline
 from DiffSegUncertaintyLib.engine import testing
@@ -69,6 +70,27 @@ def test_precision_auto_follows_the_cpu_and_is_recorded(model, image, monkeypatc
     assert summary["precision"] == want and summary["precision_requested"] == "auto"
     explicit = Segmenter(model)(volumes_from_array(image), Request(samples=2, steps=1, device="cpu", precision=want))
     assert (result.y0 == explicit.y0).all()  # auto is exactly the precision it resolves to
+
+
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_channels_last_auto_follows_the_precision_and_is_recorded(model, image, monkeypatch, has_bf16):
+    """Issue 16: channels-last by default where it measured faster (bf16 on a CPU), contiguous in fp32;
+    True / False override auto, and auto gives exactly the run it resolves to."""
+    monkeypatch.setattr(pipeline, "cpu_has_bf16", lambda: has_bf16)
+    assert pipeline.resolve_channels_last(None, "cpu", "bf16") is True
+    assert pipeline.resolve_channels_last(None, "cpu", "fp32") is False
+    assert pipeline.resolve_channels_last(None, "cuda", "bf16") is False  # unmeasured on GPUs
+    assert pipeline.resolve_channels_last(False, "cpu", "bf16") is False
+    assert pipeline.resolve_channels_last(True, "cuda", "fp32") is True
+    seg, vols = Segmenter(model), volumes_from_array(image)
+    auto = seg(vols, Request(samples=2, steps=1, device="cpu"))
+    s = auto.summary()
+    assert (s["channels_last_requested"], s["channels_last"]) == ("auto", has_bf16)
+    same = seg(vols, Request(samples=2, steps=1, device="cpu", channels_last=has_bf16))
+    assert torch.equal(auto.y0, same.y0) and same.summary()["channels_last_requested"] is has_bf16
+    with pytest.raises(RequestError, match="True, False or None") as err:
+        Request(channels_last="yes").check()
+    assert err.value.field == "channels_last"
 
 
 @pytest.mark.parametrize("major, want", [(7, "fp32"), (8, "bf16"), (9, "bf16")])

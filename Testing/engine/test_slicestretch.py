@@ -112,3 +112,30 @@ def test_a_real_nrrd_in_any_slice_order(tmp_path, lidc_ct_root):
     x = preprocess(vols.channels, {"kind": "slice_minmax", "lower": -1024, "context": 128}, slice_axis=axis)[0]
     want = (a - a.min((1, 2), keepdims=True)) / np.ptp(a, (1, 2), keepdims=True)
     np.testing.assert_allclose(np.transpose(x, (2, 1, 0)), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", [
+    {"kind": "slice_minmax", "lower": -1024, "context": 8},
+    {"kind": "slice_minmax", "lower": -1024, "upper": 400, "context": 3},
+    {"kind": "window", "lower": -1000, "upper": 400},
+    {"kind": "minmax", "lower": -1000, "upper": 1400},
+    {"kind": "zscore", "nonzero": True},
+    {"kind": "scale", "scale": 0.5, "offset": 3},
+    {"kind": "none"}])
+@pytest.mark.parametrize("axis", [0, 2])
+def test_preprocessing_a_region_equals_the_whole_image_there(spec, axis):
+    """A run preprocesses its ROI only (a whole CT costs the ROI): inside the region the values are
+    exactly those of the whole image's preprocessing (same statistics), outside they are 0; an int16 CT
+    as read gives what its float32 copy gives."""
+    rng = np.random.default_rng(3)
+    ct = rng.integers(-2048, 1500, size=(9, 20, 16)).astype(np.int16)
+    ct[ct < -1500] = 0                                   # zeros for zscore's nonzero mask
+    box = (slice(2, 7), slice(5, 11), slice(4, 9))
+    region = tuple(slice(0, n) if a == axis else b for a, (b, n) in enumerate(zip(box, ct.shape)))
+    whole = preprocess(ct.astype(np.float32)[None], spec, box=box, slice_axis=axis)
+    part = preprocess(ct[None], spec, box=box, slice_axis=axis, region=region)
+    inside = (slice(None),) + region
+    assert np.array_equal(part[inside], whole[inside])
+    outside = np.ones(part.shape, bool)
+    outside[inside] = False
+    assert outside.any() and (part[outside] == 0).all()

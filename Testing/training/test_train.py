@@ -78,6 +78,30 @@ def test_pgrd_diffusion_stage_loads_and_freezes_the_prior(lidc_root, prior_run):
     assert not any(p is q for p in task.params for q in task.full.prior.parameters())
 
 
+def test_a_pgrd_model_folder_continues_without_its_prior_run(lidc_root, prior_run, tmp_path):
+    """Issue 15: a longer PGRD run starts from a model folder (e.g. the shipped one, whose run folders are
+    gone): prior and denoiser come from the folder, the prior stays frozen (equal after the steps), and
+    without prior_run or init_from the diffusion stage is refused before any step."""
+    from safetensors.torch import load_file
+    cfg = tiny(CONFIGS[0].with_name("pgrd-2d.toml"), lidc_root, **{"model.prior_run": str(prior_run)})
+    train(cfg, tmp_path / "first", data_root=str(lidc_root), quiet=True)
+    folder = export_run(tmp_path / "first", tmp_path / "model")
+    shipped = load_file(str(folder / "model.safetensors"))
+    again = tiny(CONFIGS[0].with_name("pgrd-2d.toml"), lidc_root,
+                 **{"model.init_from": str(folder), "model.prior_run": ""})
+    ds = build_dataset(again["data"], "val", str(lidc_root))
+    task = build_task(again, model_config(again, ds))
+    assert not any(p.requires_grad for p in task.full.prior.parameters())
+    train(again, tmp_path / "second", data_root=str(lidc_root), quiet=True)
+    after = ck.load(tmp_path / "second" / ck.LAST)["model"]  # the trained network (not its average)
+    prior = {k: v for k, v in after.items() if k.startswith("prior.")}
+    assert prior and all(torch.equal(v, shipped[k].to(v.dtype)) for k, v in prior.items())
+    assert any(not torch.equal(v, shipped[k].to(v.dtype)) for k, v in after.items() if k not in prior)
+    with pytest.raises(ValueError, match="prior_run .* or model.init_from"):
+        build_task(tiny(CONFIGS[0].with_name("pgrd-2d.toml"), lidc_root, **{"model.prior_run": ""}),
+                   model_config(again, ds))
+
+
 @pytest.mark.parametrize("name", ["hsrdiff-light", "baseline-unet"])
 def test_loss_falls_on_a_fixed_batch(name, lidc_root):
     cfg = tiny(CONFIGS[0].with_name(f"{name}.toml"), lidc_root)

@@ -30,30 +30,37 @@ def context_window(length: int, lo: int, hi: int, context: int) -> slice:
 
 
 def slice_minmax(x: np.ndarray, lower: float | None, upper: float | None, context: int,
-                 box: Sequence[slice] | None = None, slice_axis: int | None = 0) -> np.ndarray:
-    """``x`` (2D, or 3D with slices along ``slice_axis``; array order) stretched per slice to [0, 1] by
-    the minimum and maximum of its values clipped to [lower, upper] inside the context box (module
-    docstring). ``box``: the ROI as array-order slices (None: the whole image), whose in-plane centre
-    places the context box. A constant context gives 0 on its slice. float32, the shape of ``x``."""
-    x = np.asarray(x, dtype=np.float32)
+                 box: Sequence[slice] | None = None, slice_axis: int | None = 0,
+                 region: Sequence[slice] | None = None) -> np.ndarray:
+    """``x`` (2D, or 3D with slices along ``slice_axis``; array order; any real dtype) stretched per slice
+    to [0, 1] by the minimum and maximum of its values clipped to [lower, upper] inside the context box
+    (module docstring). ``box``: the ROI as array-order slices (None: the whole image), whose in-plane
+    centre places the context box. ``region`` (array-order slices; None: all of ``x``): the part returned;
+    only its slices' context boxes and its voxels are read, so a small ROI of a whole CT is cheap. A
+    constant context gives 0 on its slice. float32, the shape of ``x[region]``."""
+    x = np.asarray(x)
+    full = tuple(slice(0, n) for n in x.shape)
     if x.ndim == 2:
-        slice_axis, x3 = None, x[None]
+        x3 = x[None]
     elif x.ndim == 3 and slice_axis in (0, 1, 2):
         x3 = np.moveaxis(x, slice_axis, 0)
     else:
         raise ValueError(f"slice_minmax takes a 2D image or a 3D volume with a slice axis (got {x.shape})")
     lo = -np.inf if lower is None else float(lower)
     hi = np.inf if upper is None else float(upper)
-    if box is None:
-        box = tuple(slice(0, n) for n in x.shape)
-    box = [slice(*s.indices(n)[:2]) for s, n in zip(box, x.shape)]
-    plane = box if x.ndim == 2 else [b for a, b in enumerate(box) if a != slice_axis]
+    box = [slice(*s.indices(n)[:2]) for s, n in zip(full if box is None else box, x.shape)]
+    region = [slice(*s.indices(n)[:2]) for s, n in zip(full if region is None else region, x.shape)]
+    if x.ndim == 2:
+        plane, region3 = box, [slice(0, 1), *region]
+    else:
+        plane = [b for a, b in enumerate(box) if a != slice_axis]
+        region3 = [region[slice_axis], *(r for a, r in enumerate(region) if a != slice_axis)]
     rows, cols = (context_window(n, b.start, b.stop, context) for n, b in zip(x3.shape[1:], plane))
-    xc = np.clip(x3, lo, hi)
-    ctx = xc[:, rows, cols].reshape(x3.shape[0], -1)
+    ctx = np.clip(x3[region3[0], rows, cols].astype(np.float32), lo, hi).reshape(-1, (rows.stop - rows.start)
+                                                                                 * (cols.stop - cols.start))
     vmin, vmax = ctx.min(1), ctx.max(1)
     span = np.where(vmax > vmin, vmax - vmin, 1.0).astype(np.float32)
-    out = (xc - vmin[:, None, None]) / span[:, None, None]
+    out = (np.clip(x3[tuple(region3)].astype(np.float32), lo, hi) - vmin[:, None, None]) / span[:, None, None]
     out[vmax <= vmin] = 0.0
     out = out.astype(np.float32, copy=False)
-    return out[0] if slice_axis is None else np.moveaxis(out, 0, slice_axis)
+    return out[0] if x.ndim == 2 else np.moveaxis(out, 0, slice_axis)

@@ -74,7 +74,8 @@ class Geometry:
 
 @dataclass
 class InputVolumes:
-    """Channels (C, *array_shape) float32 as read (before preprocessing), their grid and file names."""
+    """Channels (C, *array_shape) as read (before preprocessing; one integer file keeps its type, e.g. a CT's
+    int16, several channels are float32), their grid and file names."""
 
     channels: np.ndarray
     geometry: Geometry
@@ -131,14 +132,18 @@ def read_inputs(paths: Sequence[str | os.PathLike]) -> InputVolumes:
         else:
             parts = [arr]
         for part in parts:
-            part = np.asarray(part, dtype=np.float32)
-            bad = ~np.isfinite(part)
-            if bad.any():
-                raise InputError(f"{path} has {int(bad.sum())} NaN or infinite voxel(s)")
+            if not np.issubdtype(part.dtype, np.integer):  # integers (a CT's int16) are finite as read
+                part = np.asarray(part, dtype=np.float32)
+                bad = ~np.isfinite(part)
+                if bad.any():
+                    raise InputError(f"{path} has {int(bad.sum())} NaN or infinite voxel(s)")
             channels.append(part)
     geometry = Geometry(size=tuple(ref.GetSize()), spacing=tuple(ref.GetSpacing()),
                         origin=tuple(ref.GetOrigin()), direction=tuple(ref.GetDirection()))
-    return InputVolumes(np.stack(channels), geometry, [str(p) for p in paths])
+    # one channel stays as read (no copy: a whole CT is 512 x 512 x N); several share float32
+    stacked = (channels[0][None] if len(channels) == 1
+               else np.stack([c.astype(np.float32, copy=False) for c in channels]))
+    return InputVolumes(stacked, geometry, [str(p) for p in paths])
 
 
 # -- preprocessing ---------------------------------------------------------------------------------
@@ -193,10 +198,13 @@ def _check_hu(x: np.ndarray, kind: str, lower: float) -> None:
 
 def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]] | None,
                mask: np.ndarray | None = None, box: Sequence[slice] | None = None,
-               slice_axis: int | None = 0) -> np.ndarray:
+               slice_axis: int | None = 0, region: Sequence[slice] | None = None) -> np.ndarray:
     """Intensity preprocessing from the card's ``input.preprocessing``: one spec for every channel or a
     list with one per channel. Statistics are taken inside ``mask`` (e.g. the ROI) when given, so a
     crop is normalised the way the whole volume would be only if the caller passes the whole volume.
+    ``region`` (array-order slices; None: everything): the voxels the caller will read. Only they are
+    computed (0 outside it), with the same statistics as without it: a whole CT costs its ROI, not its
+    512 x 512 x N voxels (a run's plan preprocesses its ROI only). ``channels`` may be of any real dtype.
 
     {"kind": "window", "lower": L, "upper": U}: clip to [L, U], map to [0, 1] (CT windows).
     {"kind": "minmax", "lower": L, "upper": U}: clip to [L, U] (each bound optional), then stretch the
@@ -217,23 +225,24 @@ def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]]
     specs = spec if isinstance(spec, list) else [spec] * len(channels)
     if len(specs) != len(channels):
         raise InputError(f"the card gives {len(specs)} preprocessing entries for {len(channels)} channels")
-    out = np.empty_like(channels, dtype=np.float32)
+    region = tuple(slice(None) for _ in channels.shape[1:]) if region is None else tuple(region)
+    out = np.zeros(channels.shape, dtype=np.float32)
     for c, (x, s) in enumerate(zip(channels, specs)):
-        x = x.astype(np.float32, copy=False)
         kind = (s or {}).get("kind", "none")
         unknown = set(s or {}) - {"kind"} - PREPROCESSING_FIELDS.get(kind, set())
         if unknown:  # a misspelt field would otherwise silently fall back to a default
             raise InputError(f"preprocessing {kind!r} in the model card has unknown field(s) "
                              f"{', '.join(sorted(unknown))}")
+        xr = x[region].astype(np.float32, copy=False)  # the values computed
         if kind == "none":
-            out[c] = x
+            out[c][region] = xr
         elif kind == "window":
             lo, hi = float(s["lower"]), float(s["upper"])
             if not hi > lo:
                 raise InputError(f"preprocessing window needs upper > lower (got {lo}, {hi})")
             if lo <= HU_SPEC_BELOW:
                 _check_hu(x, kind, lo)
-            out[c] = (np.clip(x, lo, hi) - lo) / (hi - lo)
+            out[c][region] = (np.clip(xr, lo, hi) - lo) / (hi - lo)
         elif kind == "minmax":
             lo = float(s["lower"]) if s.get("lower") is not None else -np.inf
             hi = float(s["upper"]) if s.get("upper") is not None else np.inf
@@ -241,11 +250,11 @@ def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]]
                 raise InputError(f"preprocessing minmax needs upper > lower (got {lo}, {hi})")
             if lo <= HU_SPEC_BELOW:
                 _check_hu(x, kind, lo)
-            xc = np.clip(x, lo, hi)
-            vals = xc[mask] if mask is not None else xc
-            vmin = float(vals.min()) if vals.size else 0.0
-            vmax = float(vals.max()) if vals.size else 0.0
-            out[c] = (xc - vmin) / (vmax - vmin) if vmax > vmin else 0.0
+            vals = x[mask] if mask is not None else x
+            # the clipped image's extremes are the clipped extremes (clipping is monotone)
+            vmin = float(np.clip(np.float32(vals.min()), lo, hi)) if vals.size else 0.0
+            vmax = float(np.clip(np.float32(vals.max()), lo, hi)) if vals.size else 0.0
+            out[c][region] = (np.clip(xr, lo, hi) - vmin) / (vmax - vmin) if vmax > vmin else 0.0
         elif kind == "slice_minmax":
             from .slicestretch import slice_minmax
             lo = float(s["lower"]) if s.get("lower") is not None else None
@@ -256,7 +265,7 @@ def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]]
                 raise InputError("preprocessing slice_minmax needs context, the training crop's size in voxels")
             if lo is not None and lo <= HU_SPEC_BELOW:
                 _check_hu(x, "minmax", lo)
-            out[c] = slice_minmax(x, lo, hi, int(s["context"]), box, slice_axis)
+            out[c][region] = slice_minmax(x, lo, hi, int(s["context"]), box, slice_axis, region)
         elif kind == "zscore":
             nonzero = bool(s.get("nonzero", False))
             sel = x != 0 if nonzero else np.ones(x.shape, bool)
@@ -266,10 +275,10 @@ def preprocess(channels: np.ndarray, spec: dict[str, Any] | list[dict[str, Any]]
             mean = float(vals.mean()) if vals.size else 0.0
             std = float(vals.std()) if vals.size else 1.0
             std = std if std > 1e-8 else 1.0
-            z = (x - mean) / std
-            out[c] = np.where(x != 0, z, 0) if nonzero else z
+            z = (xr - mean) / std
+            out[c][region] = np.where(xr != 0, z, 0) if nonzero else z
         elif kind == "scale":
-            out[c] = x * float(s.get("scale", 1.0)) + float(s.get("offset", 0.0))
+            out[c][region] = xr * float(s.get("scale", 1.0)) + float(s.get("offset", 0.0))
         else:
             raise InputError(f"unknown preprocessing kind {kind!r} in the model card "
                              "(expected window, minmax, slice_minmax, zscore, scale or none)")
