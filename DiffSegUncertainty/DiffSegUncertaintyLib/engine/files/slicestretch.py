@@ -56,9 +56,8 @@ def slice_minmax(x: np.ndarray, lower: float | None, upper: float | None, contex
         plane = [b for a, b in enumerate(box) if a != slice_axis]
         region3 = [region[slice_axis], *(r for a, r in enumerate(region) if a != slice_axis)]
     rows, cols = (context_window(n, b.start, b.stop, context) for n, b in zip(x3.shape[1:], plane))
-    ctx = np.clip(x3[region3[0], rows, cols].astype(np.float32), lo, hi).reshape(-1, (rows.stop - rows.start)
-                                                                                 * (cols.stop - cols.start))
-    vmin, vmax = ctx.min(1), ctx.max(1)
+    ctx = np.clip(x3[region3[0], rows, cols].astype(np.float32), lo, hi)  # the region's slices only
+    vmin, vmax = ctx.min((1, 2)), ctx.max((1, 2))
     span = np.where(vmax > vmin, vmax - vmin, 1.0).astype(np.float32)
     out = (np.clip(x3[tuple(region3)].astype(np.float32), lo, hi) - vmin[:, None, None]) / span[:, None, None]
     out[vmax <= vmin] = 0.0
