@@ -1,7 +1,7 @@
 """Turn a training run into a model folder the engine, ``diffseg sample`` and Slicer load.
 
     python -m training.export --run runs/<exp> --output <models folder>/<name> [--name NAME] [--half]
-        [--sampler ddpm|ddim] [--steps N] [--metrics metrics.json]
+        [--sampler ddpm|ddim] [--steps N] [--eta E] [--metrics metrics.json]
 
 Takes the best checkpoint by the run's validation metric (EMA weights; the last EMA weights when the
 run never validated, said on stderr), rebuilds the network from the run's architecture and writes it
@@ -115,9 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--half", action="store_true", help="store weights as float16")
     ap.add_argument("--sampler", choices=("ddpm", "ddim"), help="the card's default sampler (chosen on val)")
     ap.add_argument("--steps", type=int, help="the card's default number of sampler steps")
+    ap.add_argument("--eta", type=float, help="the card's default DDIM eta (0 deterministic, 1 = the DDPM "
+                    "posterior's variance; chosen on val)")
     ap.add_argument("--metrics", help="a `diffseg evaluate` metrics.json to record in the card")
     args = ap.parse_args(argv)
-    chosen = {k: v for k, v in (("method", args.sampler), ("steps", args.steps)) if v is not None}
+    chosen = {k: v for k, v in (("method", args.sampler), ("steps", args.steps),
+                                                    ("eta", args.eta)) if v is not None}
     try:
         path = export_run(args.run, args.output, args.name, args.half, chosen, args.metrics)
     except (ValueError, FileNotFoundError) as e:

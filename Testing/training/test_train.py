@@ -204,10 +204,12 @@ def test_export_records_the_chosen_sampler_and_evaluated_metrics(resumed_run, li
     assert cli.main(["evaluate", "--model", str(folder), "--data", str(tmp_path / "few.npz"), "--samples", "2",
                      "--steps", "2", "--device", "cpu", "--output", str(tmp_path / "eval"), "--quiet"]) == 0
     doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    folder = export_run(run, tmp_path / "m", sampling={"method": "ddim", "steps": 7},
-                        evaluation=tmp_path / "eval" / "metrics.json")
-    card = read_card(folder)
+    from training import export
+    assert export.main(["--run", str(run), "--output", str(tmp_path / "m"), "--sampler", "ddim", "--steps", "7",
+                        "--eta", "1", "--metrics", str(tmp_path / "eval" / "metrics.json")]) == 0
+    card = read_card(tmp_path / "m")
     assert card["sampling"]["method"] == "ddim" and card["sampling"]["steps"] == 7
+    assert card["sampling"]["eta"] == 1.0  # the stochastic sampler chosen on val (docs/decisions.md)
     assert card["metrics"]["source"] == "diffseg evaluate" and card["metrics"]["images"] == 2
     assert card["metrics"]["values"]["ged"] == doc["summary"]["ged"]["mean"]
 
