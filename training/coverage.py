@@ -55,7 +55,8 @@ def coverage(hyps: np.ndarray, masks: np.ndarray, large: int = LARGE) -> dict[st
         if sel.any():
             out["groups"][name] = {"slices": int(sel.sum()), "area_ratio": float(h[sel].mean() / r[sel].mean()),
                                    "empty_hypotheses": float((h[sel] == 0).mean()),
-                                   "empty_readings": float((r[sel] == 0).mean())}
+                                   "empty_readings": float((r[sel] == 0).mean()),
+                                   "ged": float(ged[sel].mean()), "hm_iou": float(hm[sel].mean())}
     return out
 
 
@@ -104,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           for g, v in row["groups"].items())
         paired = " ".join(f"d{k} {m:+.4f} (SE {se:.4f})" for k, (m, se) in row["paired_vs_first"].items())
         print(f"{row['method']} {row['steps']} eta {row['eta']:g}: GED {row['ged']:.4f} HM-IoU {row['hm_iou']:.4f} "
-              f"diversity {row['diversity']:.3f} | {parts}" + (f" | vs first: {paired}" if len(rows) > 1 else ""))
+              f"diversity {row['diversity']:.3f} | {parts}" + (f" | vs first: {paired}" if len(rows) > 1 else ""),
+              flush=True)
     if args.json:
         doc = {"model": args.model, "images": len(data), "samples": args.samples, "seed": args.seed, "rows": rows,
                "command": "python -m training.coverage " + " ".join(sys.argv[1:] if argv is None else argv)}
