@@ -143,7 +143,7 @@ def compare_3d(hypotheses: np.ndarray, readings: np.ndarray, consensus: np.ndarr
 
 
 def run_sampler(ct: Path, model: str, out: Path, samples: int, steps: int | None, seed: int,
-                where: list[str], precision: str = "auto") -> tuple[int, float]:
+                where: list[str], precision: str = "auto", eta: float | None = None) -> tuple[int, float]:
     """The real command line (``where``: --roi/--point arguments), its progress folded to one line
     per 10 % (per slice for a point prompt); its own estimate and slice lines pass through on
     stderr. Returns the command's peak resident memory in MiB and its wall-clock seconds, start to exit
@@ -152,6 +152,8 @@ def run_sampler(ct: Path, model: str, out: Path, samples: int, steps: int | None
            "--output", str(out), "--samples", str(samples), "--seed", str(seed), *where, "--overwrite"]
     if steps:
         cmd += ["--steps", str(steps)]
+    if eta is not None:
+        cmd += ["--eta", str(eta)]
     if precision != "auto":
         cmd += ["--precision", precision]
     print("$", " ".join(cmd), flush=True)
@@ -273,7 +275,7 @@ def run_crops(args: argparse.Namespace, folder: Path, card: dict) -> int:
     lo = [(size[0] - box) // 2, (size[1] - box) // 2, 0]
     roi = ",".join(str(v) for v in (*lo, lo[0] + box, lo[1] + box, size[2]))
     run_sampler(ct, str(folder), out / "result", args.samples, args.steps, args.seed, [f"--roi={roi}"],
-                args.precision)
+                args.precision, args.eta)
     summary = json.loads((out / "result" / "summary.json").read_text())
     print(f"\noutputs: {out / 'result'}  (open ct.nrrd and hypotheses.seg.nrrd in 3D Slicer)")
     _print_hypotheses(summary, [int(r.sum()) for r in readings], 1.0, "voxels = nominal mm^3")
@@ -310,7 +312,7 @@ def run_ct(args: argparse.Namespace, folder: Path, card: dict) -> int:
     else:
         result = out / "result"
         peak_mib, wall_s = run_sampler(ct_path, str(folder), result, args.samples, args.steps, args.seed, where,
-                                       args.precision)
+                                       args.precision, args.eta)
     summary = json.loads((result / "summary.json").read_text())
     where = where if not args.result else [f"--roi={','.join(map(str, summary['roi']['start'] + summary['roi']['stop']))}"]
     vols = read_inputs([ct_path])
@@ -378,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default="outputs/demo", help="folder for the results")
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--steps", type=int, help="sampler steps (default: the model card's)")
+    p.add_argument("--eta", type=float, help="DDIM eta (default: the model card's; 1 = fresh noise every step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="as diffseg sample's (default auto: bf16 where the hardware runs it natively)")
