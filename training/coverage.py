@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from DiffSegUncertaintyLib.engine.analysis import metrics
+from DiffSegUncertaintyLib.engine.analysis.uncertainty import hypothesis_labels
 from DiffSegUncertaintyLib.engine.analysis.evaluation import (data_for_model, load_multireader_npz,
                                                               predictor_from_model)
 from DiffSegUncertaintyLib.engine.networks.checks import InputError
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for eta, request in zip(etas, requests):
         predict = predictor_from_model(loaded, request, data.box)
         with torch.no_grad():
-            hyps = np.stack([predict.sample_y0(data.images[i:i + 1], args.samples)[0].float().argmax(1).numpy()
+            hyps = np.stack([hypothesis_labels(predict.sample_y0(data.images[i:i + 1], args.samples)[0]).numpy()
                              for i in range(len(data))])
         res = coverage(hyps, data.masks, args.large)
         first = first or res
