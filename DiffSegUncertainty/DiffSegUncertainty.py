@@ -43,6 +43,7 @@ from DiffSegUncertaintyLib.scene.progress import Progress
 TITLE = "DiffSeg Uncertainty"
 SETTINGS = "DiffSegUncertainty/"
 DEVICE_CHOICES = ("auto", "cuda", "cpu")  # deviceComboBox order: Auto, GPU, CPU
+ETA_CHOICES = (None, 0.0, 0.5, 1.0)  # noiseComboBox order: model default, none, half, full
 MIN_TORCH = "2.8"  # MONAI 1.6.1 declares torch>=2.8.0 (its METADATA); the engine uses nothing newer
 # torch >= 2.8, MONAI 1.6 and the engine need Python >= 3.10: Slicer 5.10 and later (Python 3.12);
 # Slicer 5.8 has Python 3.9 (SuperBuild: Slicer_REQUIRED_PYTHON_VERSION "3.9.10") and is told so
@@ -86,6 +87,7 @@ class DiffSegUncertaintyParameterNode:
     modelName: str = ""
     samples: int = 16
     steps: int = 0
+    noise: int = 0  # index into ETA_CHOICES (0: the card's eta)
     seed: int = 0
 
 
@@ -297,6 +299,7 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.sampleButton.clicked.connect(self.onSampleButton)
         self.ui.samplesSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.stepsSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
+        self.ui.noiseComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.seedSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.inputVolumeSelector.currentNodeChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.roiSelector.currentNodeChanged.connect(self.updateParameterNodeFromGUI)
@@ -367,6 +370,7 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.ui.roiSelector.setCurrentNode(p.roi)
             self.ui.samplesSpinBox.value = p.samples
             self.ui.stepsSpinBox.value = p.steps
+            self.ui.noiseComboBox.currentIndex = p.noise if 0 <= p.noise < len(ETA_CHOICES) else 0
             self.ui.seedSpinBox.value = p.seed
             index = self.ui.modelSelector.findText(p.modelName) if p.modelName else -1
             if index >= 0:
@@ -384,6 +388,7 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         p.roi = self.ui.roiSelector.currentNode()
         p.samples = self.ui.samplesSpinBox.value
         p.steps = self.ui.stepsSpinBox.value
+        p.noise = self.ui.noiseComboBox.currentIndex
         p.seed = self.ui.seedSpinBox.value
         p.modelName = self.ui.modelSelector.currentText
 
@@ -509,6 +514,7 @@ class DiffSegUncertaintyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             model_folder=self.currentModelFolder(),
             samples=self.ui.samplesSpinBox.value,
             steps=self.ui.stepsSpinBox.value or None,
+            eta=ETA_CHOICES[self.ui.noiseComboBox.currentIndex],
             seed=self.ui.seedSpinBox.value,
             device=DEVICE_CHOICES[self.ui.deviceComboBox.currentIndex],
             precision="fp32" if self.ui.fullPrecisionCheckBox.checked else "auto")

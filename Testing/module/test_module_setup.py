@@ -105,3 +105,20 @@ def test_precision_is_automatic_unless_full_precision_is_ticked(panel):
     assert request.precision == "fp32"
     cmd = w.logic.scene.command(request, ["in.nrrd"], "out")
     assert cli.build_parser().parse_args(cmd[3:]).precision == "fp32"
+
+
+def test_sampling_noise_reaches_the_command_and_the_scene(panel):
+    """Issue 14: the panel's sampling noise is the card's eta unless the user picks one; the pick reaches
+    `diffseg sample --eta` and is saved with the scene's parameter node."""
+    from DiffSegUncertaintyLib.engine import cli
+    w = panel["widget"]
+    parse = cli.build_parser().parse_args
+    assert w.request().eta is None
+    assert parse(w.logic.scene.command(w.request(), ["in.nrrd"], "out")[3:]).eta is None
+    w.ui.noiseComboBox.setProperty("currentIndex", 3)
+    request = w.request()
+    assert request.eta == 1.0 and w._parameterNode.noise == 3
+    assert parse(w.logic.scene.command(request, ["in.nrrd"], "out")[3:]).eta == 1.0
+    w._parameterNode.noise = 2
+    w.updateGUIFromParameterNode()
+    assert w.ui.noiseComboBox.property("currentIndex") == 2 and w.request().eta == 0.5

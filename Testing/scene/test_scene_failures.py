@@ -96,6 +96,8 @@ CASES = {
     "ROI outside": (lambda app, vol, model, tmp: SampleRequest(vol, model, roi=_roi_outside(app, vol)),
                     "lies outside the volume"),
     "zero samples": (lambda app, vol, model, tmp: SampleRequest(vol, model, samples=0), "at least 1"),
+    "eta above 1": (lambda app, vol, model, tmp: SampleRequest(vol, model, eta=1.5),
+                    "sampling noise (eta) must lie between 0 and 1"),
     "bad device": (lambda app, vol, model, tmp: SampleRequest(vol, model, device="tpu"), "Unknown device"),
     "bad precision": (lambda app, vol, model, tmp: SampleRequest(vol, model, precision="fp16"),
                       "Unknown precision 'fp16': choose auto, fp32 or bf16"),
@@ -134,9 +136,10 @@ def test_the_command_carries_the_request_and_the_cli_reads_it(app, volume, tiny_
     logic = DiffSegUncertaintyLogic(app.scene)
     inputs, out = [tmp_path / "in.nrrd"], tmp_path / "out"
     plain = logic.command(SampleRequest(volume, tiny_model), inputs, out)
-    full = logic.command(SampleRequest(volume, tiny_model, steps=5, device="cpu", precision="fp32"), inputs, out)
-    assert "--precision" not in plain and "--steps" not in plain
+    full = logic.command(SampleRequest(volume, tiny_model, steps=5, eta=0.5, device="cpu", precision="fp32"),
+                         inputs, out)
+    assert "--precision" not in plain and "--steps" not in plain and "--eta" not in plain
     parse = cli.build_parser().parse_args
     assert parse(plain[3:]).precision == "auto"  # after "python -m <module>": the default is the fast one
     args = parse(full[3:])
-    assert (args.precision, args.steps, args.device, args.samples) == ("fp32", 5, "cpu", 16)
+    assert (args.precision, args.steps, args.eta, args.device, args.samples) == ("fp32", 5, 0.5, "cpu", 16)

@@ -5,6 +5,7 @@ texts a reader sees."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -152,6 +153,10 @@ def test_summary_and_model_description_read_as_sentences(done):
     assert f"{mm3.mean():.1f} \u00b1 {mm3.std():.1f} mm\u00b3" in text
     assert f"({mm3.mean() / 1000:.3f} \u00b1 {mm3.std() / 1000:.3f} ml)" in text
     assert f"range {mm3.min():.1f}-{mm3.max():.1f}" in text and "device cpu" in text and "12 s" in text
+    assert run.summary["sampler"]["method"] == "ddpm" and "eta" not in text  # ancestral: eta does not apply
+    ddim = dataclasses.replace(run, summary={**run.summary, "sampler": {**run.summary["sampler"], "method": "ddim",
+                                                                        "eta": 0.5}})
+    assert "DDIM 2 steps, eta 0.5, seed 3" in reading.summary_text(ddim)
     card = json.loads((MODELS / "lidc-hsrdiff-small-cpu" / "model.json").read_text())
     words = reading.describe_model(card)
     v = card["metrics"]["values"]

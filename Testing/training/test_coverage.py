@@ -48,6 +48,20 @@ def test_cli_matches_diffseg_evaluate_and_refuses_bad_eta(lidc_root, tmp_path, c
     doc = json.loads(out.read_text())
     assert [r["eta"] for r in doc["rows"]] == [0.0, 1.0] and doc["images"] == 3
     assert doc["rows"][0]["paired_vs_first"]["ged"][0] == 0.0
+    # the same settings run apart pair as in one run: row 1 against a separate run of row 0's setting
+    ref = tmp_path / "ref.json"
+    assert coverage.main(["--model", "lidc-hsrdiff-small-cpu", "--data", few, "--images", "0", "--samples", "3",
+                          "--steps", "2", "--eta", "0", "--json", str(ref)]) == 0
+    apart = coverage.compare(json.loads(ref.read_text()), doc)
+    assert apart[1]["ged"] == pytest.approx(doc["rows"][1]["paired_vs_first"]["ged"])
+    assert apart[0]["hm_iou"][0] == 0.0  # bit-for-bit: the same seed draws the same hypotheses
+    capsys.readouterr()
+    assert coverage.main(["--compare", str(ref), str(out)]) == 0
+    assert "eta 1 vs 2 steps eta 0" in capsys.readouterr().out
+    other = json.loads(ref.read_text()) | {"seed": 1}
+    (tmp_path / "seed1.json").write_text(json.dumps(other))
+    assert coverage.main(["--compare", str(ref), str(tmp_path / "seed1.json")]) == 2
+    assert "seed" in capsys.readouterr().err
     assert cli.main(["evaluate", "--model", "lidc-hsrdiff-small-cpu", "--data", few, "--samples", "3",
                      "--steps", "2", "--eta", "0", "--device", "cpu", "--output", str(tmp_path / "eval"),
                      "--quiet"]) == 0

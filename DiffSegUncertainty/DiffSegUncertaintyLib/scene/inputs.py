@@ -39,6 +39,7 @@ class SampleRequest:
     point: tuple[float, float, float] | None = None  # RAS world point the ROI helper was placed on (see below)
     samples: int = 16
     steps: int | None = None                 # None: the card's default
+    eta: float | None = None                 # DDIM sampling noise in [0, 1]; None: the card's default
     seed: int = 0
     device: str = "auto"                     # auto | cuda | cpu
     precision: str = "auto"                  # auto | fp32 | bf16 (fp32: the module's "Full precision" box)
@@ -79,6 +80,8 @@ def check_request(request: SampleRequest, card: dict[str, Any]) -> None:
             f"{channels} selected.{hint} Choose the extra volumes so there is one per channel.")
     if request.samples < 1 or (request.steps is not None and request.steps < 1):
         raise InputProblem("Hypotheses and steps must be at least 1.")
+    if request.eta is not None and not 0.0 <= request.eta <= 1.0:
+        raise InputProblem(f"The sampling noise (eta) must lie between 0 and 1 (got {request.eta}).")
     if request.roi is None:
         if roi_required(card):
             raise InputProblem(f"The model '{card['name']}' segments a box around the target: place a "

@@ -116,6 +116,8 @@ class DiffSegUncertaintyLogic:
                "--device", DEVICES[request.device.lower()]]
         if request.steps is not None:
             cmd += ["--steps", str(request.steps)]
+        if request.eta is not None:
+            cmd += ["--eta", f"{request.eta:g}"]
         if request.precision != "auto":
             cmd += ["--precision", request.precision]
         if request.point is not None:

@@ -57,8 +57,10 @@ def summary_text(run: RunNodes, seconds: float | None = None) -> str:
             lines.append(f"{empty} of {len(mm3)} hypotheses found nothing.")
     model = (s.get("model") or {}).get("name", "?")
     sampler = s.get("sampler") or {}
-    how = [f"Model {model}", f"{sampler.get('method', '').upper()} {s.get('steps', '?')} steps".strip(),
-           f"seed {s.get('seed', '?')}", f"device {s.get('device', '?')}"]
+    how = [f"Model {model}", f"{sampler.get('method', '').upper()} {s.get('steps', '?')} steps".strip()]
+    if sampler.get("method") == "ddim" and sampler.get("eta") is not None:
+        how.append(f"eta {float(sampler['eta']):g}")
+    how += [f"seed {s.get('seed', '?')}", f"device {s.get('device', '?')}"]
     if s.get("precision") and s.get("precision") != "fp32":
         how.append(str(s["precision"]))
     if seconds is not None:
