@@ -8,10 +8,11 @@ Why: GED and HM-IoU average over every slice, and most LIDC slices are ones the 
 or more readings empty). A model can score well there and still draw hypotheses smaller than a lesion all
 four readers outlined, which is what a clinician pointing at a nodule sees (issue 14). This splits the
 val slices by agreement (all readers mark the lesion / some do) and reports, per sampler setting, the mean
-hypothesis area against the readers' mean area, the share of empty hypotheses, GED and HM-IoU, and the
+hypothesis area against the readers' mean area, the share of empty hypotheses, GED and HM-IoU, GED's two
+parts (the hypotheses' diversity against the readers', and the mean hypothesis-reading distance), and the
 paired differences against the first setting (same slices, same seeds: hypothesis k's start noise is the
-same for every eta and step count). Settings are every (steps, eta) pair, steps outer. Sampling is ``diffseg evaluate``'s (``predictor_from_model``), so the hypotheses are
-those the card draws.
+same for every eta and step count). Settings are every (steps, eta) pair, steps outer. Sampling is
+``diffseg evaluate``'s (``predictor_from_model``), so the hypotheses are those the card draws.
 """
 
 from __future__ import annotations
@@ -52,13 +53,20 @@ def coverage(hyps: np.ndarray, masks: np.ndarray, large: int = LARGE) -> dict[st
     ged = np.array([metrics.ged(hyps[i], masks[i]) for i in range(len(hyps))])
     hm = np.array([metrics.hm_iou(hyps[i], masks[i]) for i in range(len(hyps))])
     div = np.array([metrics.diversity(hyps[i]) for i in range(len(hyps))])
-    out: dict[str, Any] = {"ged": ged, "hm_iou": hm, "diversity": div, "groups": {}}
+    readers = np.array([metrics.diversity(masks[i]) for i in range(len(masks))])
+    # GED = 2 E d(h, r) - E d(h, h') - E d(r, r') per image, so the cross term is (GED + both diversities) / 2:
+    # how far a hypothesis is from a reading, apart from how spread out either set is
+    cross = (ged + div + readers) / 2
+    out: dict[str, Any] = {"ged": ged, "hm_iou": hm, "diversity": div, "readers_diversity": readers,
+                           "cross": cross, "groups": {}}
     for name, sel in {"any reader": r.max(1) > 0, **groups(masks, large)}.items():
         if sel.any():
             out["groups"][name] = {"slices": int(sel.sum()), "area_ratio": float(h[sel].mean() / r[sel].mean()),
                                    "empty_hypotheses": float((h[sel] == 0).mean()),
                                    "empty_readings": float((r[sel] == 0).mean()),
-                                   "ged": float(ged[sel].mean()), "hm_iou": float(hm[sel].mean())}
+                                   "ged": float(ged[sel].mean()), "hm_iou": float(hm[sel].mean()),
+                                   "diversity": float(div[sel].mean()),
+                                   "readers_diversity": float(readers[sel].mean())}
     return out
 
 
@@ -139,15 +147,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = first or res
         row = {"eta": predict.config.eta, "steps": predict.config.steps, "method": predict.config.method,
                "ged": float(res["ged"].mean()), "hm_iou": float(res["hm_iou"].mean()),
-               "diversity": float(res["diversity"].mean()), "groups": res["groups"],
+               "diversity": float(res["diversity"].mean()), "readers_diversity": float(res["readers_diversity"].mean()),
+               "cross": float(res["cross"].mean()), "groups": res["groups"],
                "paired_vs_first": {k: _paired(first[k], res[k]) for k in ("ged", "hm_iou", "diversity")},
-               "per_image": {k: res[k].tolist() for k in ("ged", "hm_iou", "diversity")}}
+               "per_image": {k: res[k].tolist() for k in ("ged", "hm_iou", "diversity", "cross")}}
         rows.append(row)
         parts = ", ".join(f"{g}: area {v['area_ratio']:.3f}, empty {v['empty_hypotheses']:.3f} ({v['slices']})"
                           for g, v in row["groups"].items())
         paired = " ".join(f"d{k} {m:+.4f} (SE {se:.4f})" for k, (m, se) in row["paired_vs_first"].items())
         print(f"{row['method']} {row['steps']} eta {row['eta']:g}: GED {row['ged']:.4f} HM-IoU {row['hm_iou']:.4f} "
-              f"diversity {row['diversity']:.3f} | {parts}" + (f" | vs first: {paired}" if len(rows) > 1 else ""),
+              f"diversity {row['diversity']:.3f} (readers {row['readers_diversity']:.3f}) "
+              f"hypothesis-reading distance {row['cross']:.3f} | {parts}" + (f" | vs first: {paired}" if len(rows) > 1 else ""),
               flush=True)
     if args.json:
         doc = {"model": args.model, "images": len(data), "samples": args.samples, "seed": args.seed, "rows": rows,

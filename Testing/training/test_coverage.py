@@ -34,6 +34,9 @@ def test_groups_and_area_ratios_by_hand():
     # slice 0: GED by hand. d(h0, r) = 1 - 2/4 = 0.5, d(h1, r) = 1; d(h0, h1) = 1; d(r, r) = 0
     # GED = 2 * mean(d_hr) - mean(d_hh) - mean(d_rr) = 2 * 0.75 - 0.5 - 0 = 1.0
     assert res["ged"][0] == pytest.approx(1.0)
+    # its parts: hypothesis diversity mean d(h, h') = 0.5, readers' 0, hypothesis-reading distance 0.75
+    assert res["diversity"][0] == pytest.approx(0.5) and res["readers_diversity"][0] == 0.0
+    assert res["cross"][0] == pytest.approx(0.75)
     assert every["ged"] == pytest.approx(1.0)  # the group's mean over its one slice
 
 
