@@ -14,13 +14,14 @@ torch is imported only by the commands that need it, so ``diffseg models`` and `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
 from dataclasses import asdict
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .allocator import keep_freed_memory
 from .errors import InputError
@@ -156,8 +157,29 @@ class _Interrupted(KeyboardInterrupt):
     """SIGTERM turned into an exception so temporary folders are removed on the way out."""
 
 
+_DEFERRED: dict[str, Any] = {"on": False, "signal": None}
+
+
 def _on_signal(signum: int, frame: Any) -> None:
+    if _DEFERRED["on"]:
+        _DEFERRED["signal"] = signum
+        return
     raise _Interrupted(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends, then raise as usual. Why: importing torch runs Python
+    code under C++ (pybind11) frames, and an exception the handler raises there cannot unwind through
+    them: the process aborts ("terminate called ... error_already_set", exit -6) instead of exiting 130.
+    A signal during the import therefore takes effect the moment the import is done (a few seconds)."""
+    _DEFERRED.update(on=True, signal=None)
+    try:
+        yield
+    finally:
+        _DEFERRED["on"] = False
+    if _DEFERRED["signal"] is not None:
+        raise _Interrupted(f"signal {_DEFERRED['signal']}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+        if args.command in ("sample", "evaluate"):
+            with _signals_deferred():
+                from . import pipeline  # noqa: F401  (torch, MONAI, SimpleITK: see _signals_deferred)
         keep_freed_memory()  # diffseg is its own process: reuse freed pages (engine/allocator.py)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
