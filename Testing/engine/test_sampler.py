@@ -72,6 +72,16 @@ def test_chunk_size_does_not_change_the_noise(method):
     assert not torch.equal(ref[:, 0], ref[:, 1])
 
 
+def test_eta_moves_ddim_only():
+    """The module's *Sampling noise* is passed for any card (docs/slicer.md): ancestral DDPM ignores it,
+    DDIM does not."""
+    model, image = _Elementwise(), _image((1, 1, 8, 8))
+    ddpm = [sample(model, image, 2, SamplerConfig(method="ddpm", steps=6, eta=e), seed=1).y0 for e in (0.0, 1.0)]
+    assert torch.equal(*ddpm)
+    ddim = [sample(model, image, 2, SamplerConfig(method="ddim", steps=6, eta=e), seed=1).y0 for e in (0.0, 1.0)]
+    assert not torch.equal(*ddim)
+
+
 @pytest.mark.parametrize("method", ["hsrdiff", "pgrd"])
 def test_chunk_size_real_networks_agree_to_rounding_and_default_is_reproducible(method):
     """Real convolutions: oneDNN chooses kernels by batch size, so chunk 1 and chunk 'all' agree to
