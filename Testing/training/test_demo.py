@@ -96,7 +96,7 @@ def test_the_main_job_on_the_whole_ct(lidc_ct_root, tmp_path, capsys):
     assert s["per_slice_slices"] == [0, 4] and s["preprocessing"] == CT_PREPROCESSING
     run = json.loads((tmp_path / "o" / "result" / "summary.json").read_text())
     assert run["point"] == [318, 365, 2] and run["growth"]["axis"] == 2
-    assert run["sampler"]["eta"] == 0.5  # --eta reaches diffseg sample (the card's is 0)
+    assert run["sampler"]["eta"] == 0.5  # --eta reaches diffseg sample (the card's is 1)
     assert run["precision"] == s["precision"] == "fp32" and s["command_s"] >= run["timings"]["sampling_s"] > 0
     assert run["growth"]["first"] == s["roi"]["start"][2] and run["growth"]["last"] == s["roi"]["stop"][2] - 1
     three = s["three_d"]
