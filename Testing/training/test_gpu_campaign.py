@@ -158,6 +158,14 @@ def test_campaign_end_to_end_with_tiny_presets(packed, tmp_path):
             assert stage["gflop_per_sample"] > 0 and stage["tflop_per_s"] == pytest.approx(
                 stage["steps_per_s"] * stage["batch"] * stage["gflop_per_sample"] / 1000, rel=0.01)
         assert 0 <= m["val"]["ged"]["mean"] <= 2 and m["val_images"] == 4
+        # the shipped model it would replace, scored on the same slices and seed, paired per image
+        vs = m["against_shipped"]
+        assert vs["model"] == cp.REPLACES[name] and vs["sampler"]["steps"] == 25  # its own card's sampler
+        for key in ("ged", "hm_iou"):
+            row = vs["paired"][key]
+            assert row["n"] == 4 and row["a"] == pytest.approx(vs["val"][key]["mean"])
+            assert row["b"] == pytest.approx(m["val"][key]["mean"])
+            assert row["mean_difference"] == pytest.approx(row["b"] - row["a"])
     # what comes back: few files, none above the device's 16 MiB, no folder
     files = sorted(p.name for p in out.iterdir())
     assert all(p.is_file() and p.stat().st_size <= 16 * 2 ** 20 for p in out.iterdir()) and len(files) <= 8
@@ -168,6 +176,7 @@ def test_campaign_end_to_end_with_tiny_presets(packed, tmp_path):
         assert card["metrics"]["source"] == "diffseg evaluate" and card["metrics"]["samples"] == 2
         assert card["metrics"]["values"]["ged"] == doc["models"][folder.name]["val"]["ged"]["mean"]
     # a second call resumes: every stage is at its ceiling, so nothing trains and the scores repeat
+    args += ["--no-shipped"]
     assert cp.main(args) == 0
     again = json.loads((out / "scores.json").read_text())
     for name, m in again["models"].items():

@@ -16,7 +16,11 @@ What one call does, in an order that keeps what is done when the call is cut sho
    15 MiB (the device returns at most 8 files of 16 MiB; HSRDiff-light is 24.6 MiB and PGRD 2D 33.3 MiB
    in float16), so ``--join`` here puts the folders back;
 4. scores each exported model on val with 16 hypotheses through ``diffseg evaluate`` (the same code and
-   metrics.json), re-exports it with those numbers in its card and writes ``scores.json``.
+   metrics.json), re-exports it with those numbers in its card and writes ``scores.json``;
+5. scores the shipped model each would replace (``REPLACES``, at its own card's sampler) on the same val
+   slices with the same seed and pairs the two per image (``training.compare_models.paired_reports``), so
+   the shipping rule (beat the shipped model on val, paired, with its standard error) is decided from
+   ``scores.json`` alone: scoring HSRDiff-light here on a CPU would take hours.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ MODELS: dict[str, tuple[str, dict[str, float]]] = {
     "hsrdiff": ("hsrdiff-light-gpu", {"train": 0.45}),
     "pgrd": ("pgrd-2d-gpu", {"prior": 0.10, "diffusion": 0.45}),
 }
+#: the shipped model (DiffSegUncertainty/Resources/Models) that each campaign model would replace
+REPLACES = {"hsrdiff-light-gpu": "lidc-hsrdiff-small-cpu", "pgrd-2d-gpu": "lidc-pgrd-2d-small-cpu"}
 PART_BYTES = 15 * 2 ** 20
 SCORES = "scores.json"
 
@@ -220,8 +226,9 @@ def prior_from_model(folder: Path, out: Path, cfg: dict[str, Any]) -> None:
 
 # -- scoring --------------------------------------------------------------------------------------
 
-def score(model: Path, val: Path, out: Path, device: str, images: int, samples: int, batch: int) -> dict:
-    """``diffseg evaluate`` of one model folder on the val npz (its metrics.json)."""
+def score(model: Path | str, val: Path, out: Path, device: str, images: int, samples: int, batch: int) -> dict:
+    """``diffseg evaluate`` of one model (a folder, or a shipped model's name) on the val npz (its
+    metrics.json)."""
     from DiffSegUncertaintyLib.engine.cli import main as diffseg
 
     args = ["evaluate", "--model", str(model), "--data", str(val), "--samples", str(samples),
@@ -235,9 +242,10 @@ def score(model: Path, val: Path, out: Path, device: str, images: int, samples: 
 
 def campaign(pack: Path, out: Path, minutes: float, *, work: Path, device: str, models: list[str],
              score_images: int = 512, samples: int = 16, score_batch: int = 1024, tiny: bool = False,
-             compile_mode: str = "", init_from: Path | None = None, sync_debug: bool = False, log=print
-             ) -> dict[str, Any]:
-    """The whole call; returns (and writes to ``<out>/scores.json``) what was trained and scored."""
+             compile_mode: str = "", init_from: Path | None = None, sync_debug: bool = False,
+             against_shipped: bool = True, log=print) -> dict[str, Any]:
+    """The whole call; returns (and writes to ``<out>/scores.json``) what was trained and scored.
+    ``against_shipped``: also score each model's ``REPLACES`` and pair them (step 5 above)."""
     start = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     if device.startswith("cuda"):
@@ -298,8 +306,32 @@ def campaign(pack: Path, out: Path, minutes: float, *, work: Path, device: str, 
         write()
         log(f"{name}: val GED_{samples} {metrics['summary']['ged']['mean']:.4f}, "
             f"HM-IoU {metrics['summary']['hm_iou']['mean']:.4f} in {time.monotonic() - t0:.0f} s")
+        if against_shipped:
+            try:
+                doc["models"][name]["against_shipped"] = pair_with_shipped(
+                    name, work / "scores", data / "val.npz", device, score_images, samples, score_batch, log)
+            except Exception:  # noqa: BLE001
+                failed(name, "scoring the shipped model")
+                continue
+            write()
     write()
     return doc
+
+
+def pair_with_shipped(name: str, scores: Path, val: Path, device: str, images: int, samples: int, batch: int,
+                      log=print) -> dict[str, Any]:
+    """Score the shipped model ``name`` would replace on the same val slices and seed as ``name``'s report
+    (``<scores>/<name>/metrics.json``) and pair them per image: difference = campaign model - shipped."""
+    from ..compare_models import paired_reports
+
+    shipped = REPLACES[name]
+    t0 = time.monotonic()
+    metrics = score(shipped, val, scores / shipped, device, images, samples, batch)
+    table = paired_reports(scores / shipped / "metrics.json", scores / name / "metrics.json")
+    for key, row in table.items():
+        log(f"{name} - {shipped}: {key} {row['mean_difference']:+.4f} (SE {row['se']:.4f}, n {row['n']})")
+    return {"model": shipped, "sampler": metrics.get("sampler_config"), "val": dict(metrics["summary"]),
+            "score_s": round(time.monotonic() - t0, 1), "paired": table}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--score-images", type=int, default=512, help="val slices scored, evenly spaced (0: all)")
     ap.add_argument("--samples", type=int, default=16, help="hypotheses per val slice (the N of GED_N)")
     ap.add_argument("--score-batch", type=int, default=1024, help="(image, sample) pairs per network call")
+    ap.add_argument("--no-shipped", action="store_true",
+                    help="do not score the shipped models the campaign's would replace (default: scored on "
+                         "the same val slices and paired per image)")
     ap.add_argument("--compile", default="", help="torch.compile mode for training (default: eager)")
     ap.add_argument("--init-from", help="a folder of model folders from an earlier call (warm start)")
     ap.add_argument("--sync-debug", action="store_true",
@@ -350,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                  models=models, score_images=args.score_images, samples=args.samples,
                  score_batch=args.score_batch, tiny=args.tiny, compile_mode=args.compile, init_from=init,
                  sync_debug=args.sync_debug and args.device.startswith("cuda"),
-                 log=lambda m: print(m, flush=True))
+                 against_shipped=not args.no_shipped, log=lambda m: print(m, flush=True))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
