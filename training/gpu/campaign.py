@@ -310,10 +310,10 @@ def campaign(pack: Path, out: Path, minutes: float, *, work: Path, device: str, 
             try:
                 doc["models"][name]["against_shipped"] = pair_with_shipped(
                     name, work / "scores", data / "val.npz", device, score_images, samples, score_batch, log)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - recorded (failed writes scores.json); the next model goes on
                 failed(name, "scoring the shipped model")
-                continue
-            write()
+            else:
+                write()
     write()
     return doc
 
