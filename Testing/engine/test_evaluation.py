@@ -311,3 +311,133 @@ def test_evaluate_under_torchrun_gathers_what_one_process_writes(tiny_model, lid
     assert b["per_image"] == a["per_image"] and b["summary"] == a["summary"]
     assert {k: v for k, v in a.items() if k not in ("seconds", "processes")} == \
         {k: v for k, v in b.items() if k not in ("seconds", "processes")}
+
+
+# -- --resume: the journal of an interrupted run ---------------------------------------------------
+
+class Noisy:
+    """Random hypotheses drawn from the image's own bytes, so an image gets the same ones whenever and in
+    whichever call it is scored (as the diffusion models' do under a seed); counts the images it sees."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def __call__(self, images, m):
+        import zlib
+        self.seen += len(images)
+        out = [np.random.default_rng(zlib.crc32(x.tobytes())).random((m, 2, *x.shape), dtype=np.float32)
+               for x in images]
+        return torch.from_numpy(np.stack(out))
+
+
+def _stop_after(k):
+    def progress(done, total):
+        if done == k:
+            raise KeyboardInterrupt
+    return progress
+
+
+def _interrupt_scoring(monkeypatch, at):
+    """Ctrl-C while image number ``at`` (1-based, of this run) is scored; returns the list of calls."""
+    score, calls = evaluation.metrics.score_image, []
+
+    def scoring(*a, **k):
+        calls.append(1)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return score(*a, **k)
+
+    monkeypatch.setattr(evaluation.metrics, "score_image", scoring)
+    return calls
+
+
+def test_resume_gives_the_uninterrupted_report_and_scores_only_what_is_missing(tmp_path):
+    from DiffSegUncertaintyLib.engine.analysis.journal import Journal
+    images, masks = _set(n=5)
+    ids = [f"img{i}" for i in range(5)]
+    whole = evaluation.evaluate_predictor(Noisy(), images, masks, 4, ids=ids)
+    run = {"seed": 0, "samples": 4}
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.evaluate_predictor(Noisy(), images, masks, 4, progress=_stop_after(2), ids=ids,
+                                      journal=Journal.open(tmp_path / "j", run))
+    kept = Journal.open(tmp_path / "j", run).rows(ids)
+    assert sorted(kept) == [0, 1] and kept[1] == whole["per_image"][1]
+    rows_file = next((tmp_path / "j").glob("rows-*.jsonl"))
+    with open(rows_file, "a") as f:  # a kill while the third row was written
+        f.write('{"index": 2, "id": "img2", "ged": 0.')
+    again = Noisy()
+    resumed = evaluation.evaluate_predictor(again, images, masks, 4, ids=ids, journal=Journal.open(tmp_path / "j", run))
+    assert again.seen == 3 and resumed["resumed"] == 2 and whole["resumed"] == 0
+    assert resumed["per_image"] == whole["per_image"] and resumed["summary"] == whole["summary"]
+
+
+def test_the_journal_refuses_other_settings_and_other_data(tmp_path):
+    from DiffSegUncertaintyLib.engine.analysis.journal import Journal
+    j = Journal.open(tmp_path / "j", {"seed": 0, "sampler_config": {"steps": 25, "eta": 1.0}})
+    j.append({"index": 0, "id": "a", "ged": 0.5})
+    j.close()
+    with pytest.raises(InputError, match="seed: 0 there, 1 now"):
+        Journal.open(tmp_path / "j", {"seed": 1, "sampler_config": {"steps": 25, "eta": 1.0}})
+    with pytest.raises(InputError, match="sampler_config"):
+        Journal.open(tmp_path / "j", {"seed": 0, "sampler_config": {"steps": 10, "eta": 1.0}})
+    same = Journal.open(tmp_path / "j", {"seed": 0, "sampler_config": {"steps": 25, "eta": 1.0}})
+    assert same.rows(["a", "b"]) == {0: {"index": 0, "id": "a", "ged": 0.5}}
+    with pytest.raises(InputError, match="not this data's"):
+        same.rows(["b", "a"])
+    same.remove()
+    assert not (tmp_path / "j").exists()
+
+
+def test_evaluate_resume_continues_an_interrupted_run(tiny_model, tmp_path, capsys, monkeypatch):
+    """`diffseg evaluate --resume`: a run stopped after two of four images (Ctrl-C) writes no report and keeps
+    those two in OUTPUT.resume; run again, it scores the other two and writes the report a run that was
+    never stopped writes (same rows, same summary); other settings are refused before any scoring."""
+    images, masks = _set(n=4)
+    data = _npz(tmp_path / "d.npz", images, masks)
+    common = ["--model", tiny_model, "--data", data, "--samples", "2", "--steps", "2"]
+    assert _evaluate(*common, "--output", tmp_path / "whole") == 0
+    assert not (tmp_path / "whole.resume").exists()  # without --resume nothing is kept on the way
+    _interrupt_scoring(monkeypatch, at=3)
+    capsys.readouterr()
+    assert _evaluate(*common, "--output", tmp_path / "out", "--resume") == cli.EXIT_INTERRUPTED
+    assert "--resume" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    kept = [line for f in (tmp_path / "out.resume").glob("rows-*.jsonl") for line in f.read_text().splitlines()]
+    assert len(kept) == 2
+    monkeypatch.undo()
+    assert _evaluate(*common, "--seed", "1", "--output", tmp_path / "out", "--resume") == 2
+    assert "seed: 0 there, 1 now" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    calls = _interrupt_scoring(monkeypatch, at=3)  # not reached: 2 images are left
+    assert _evaluate(*common, "--output", tmp_path / "out", "--resume") == 0
+    assert len(calls) == 2 and not (tmp_path / "out.resume").exists()
+    a, b = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("whole", "out"))
+    assert b["resumed"] == 2 and "resumed" not in a
+    assert {k: v for k, v in a.items() if k != "seconds"} == \
+        {k: v for k, v in b.items() if k not in ("seconds", "resumed")}
+
+
+def test_evaluate_resume_under_torchrun_takes_the_rows_one_process_kept(tiny_model, lidc_root, tmp_path,
+                                                                         monkeypatch):
+    """A run of one process stopped after 2 of 5 real val images, resumed by `torchrun --nproc-per-node 2
+    ... --resume`: rank 0 shares the kept rows out, the ranks score the other 3 between them, and the report
+    is the one an uninterrupted single process writes."""
+    import subprocess
+    import sys
+    common = ["--model", tiny_model, "--data", lidc_root / "val.npz", "--samples", "3", "--max-images", "5"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the torchrun ranks below (OMP_NUM_THREADS=1): the same arithmetic
+    try:
+        assert _evaluate(*common, "--output", tmp_path / "whole") == 0
+        _interrupt_scoring(monkeypatch, at=3)
+        assert _evaluate(*common, "--output", tmp_path / "first", "--resume") == cli.EXIT_INTERRUPTED
+    finally:
+        torch.set_num_threads(threads)
+    (tmp_path / "first.resume").rename(tmp_path / "out.resume")  # the journal names no output: move it
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "DiffSegUncertaintyLib.engine.cli", "evaluate", *map(str, common), "--device", "cpu",
+                          "--quiet", "--resume", "--output", str(tmp_path / "out")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("whole", "out"))
+    assert (b["processes"], b["resumed"]) == (2, 2) and not (tmp_path / "out.resume").exists()
+    assert b["per_image"] == a["per_image"] and b["summary"] == a["summary"]

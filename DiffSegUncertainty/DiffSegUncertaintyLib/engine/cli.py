@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", required=True, help="folder for metrics.json and table.md (created; must not "
                    "exist unless --overwrite)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    e.add_argument("--resume", action="store_true", help="keep each image's scores in OUTPUT.resume as it "
+                   "is scored, and skip the images already there: an interrupted run continues where it "
+                   "stopped (same settings; any process count); the folder is removed once the report is "
+                   "written")
     e.add_argument("--quiet", action="store_true", help="print nothing but errors and the table")
     e.set_defaults(func=cmd_evaluate)
     return parser
@@ -192,8 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from . import pipeline  # noqa: F401  (torch, MONAI, SimpleITK: see _signals_deferred)
         keep_freed_memory()  # diffseg is its own process: reuse freed pages (engine/allocator.py)
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        _err("interrupted; nothing written")
+    except KeyboardInterrupt as e:
+        _err(f"interrupted; {getattr(e, 'kept', None) or 'nothing written'}")
         return EXIT_INTERRUPTED
     except InputError as e:
         _err(_message(e))
@@ -418,6 +422,7 @@ def _join_torchrun(device: str) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score exactly what ``sample`` would write for each image (evaluation.predictor_from_model)."""
     from .analysis import evaluation
+    from .analysis.journal import Journal, journal_folder
     from .pipeline import Model, check_output
 
     request = request_from(args)
@@ -437,6 +442,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     plan = predict.plan(data.images[0], request.samples)  # every check, before any image is scored
     _say(args, f"{model.name}: {len(data)} images x {request.samples} samples, {plan.config.method} "
          f"{len(plan.timesteps)} steps on {plan.device} ({_numerics(plan)})")
+    ids = [data.item_id(i) for i in range(len(data))]
+    journal = None
+    if args.resume:  # what the kept rows were scored with: a resume with anything else is refused here
+        journal = Journal.open(journal_folder(output), {
+            "model": model.name, "sha256": model.card["weights"]["sha256"], "data": str(data.path),
+            "num_images": len(data), "samples": request.samples, "sampler_config": asdict(plan.config),
+            "seed": request.seed, "device": plan.device.split(":")[0], "precision": plan.precision,
+            "channels_last": plan.channels_last, "batch_size": args.batch_size, "reference": args.reference,
+            "empty": args.empty, "ece_background": not args.ece_foreground})
+        kept = len(journal.rows(ids)) if evaluation.shard()[0] == 0 else 0  # rows of other data: refused here
+        if kept:
+            _say(args, f"resuming: {kept} of {len(data)} images already scored in {journal.folder}")
     progress = _Progress(args.quiet, unit="image")
     started = time.perf_counter()
 
@@ -452,16 +469,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluation.evaluate_predictor(predict, data.images, data.masks, request.samples, 1, tick,
                                                reference=args.reference, empty=args.empty,
                                                ece_background=not args.ece_foreground,
-                                               ids=[data.item_id(i) for i in range(len(data))])
+                                               ids=ids, journal=journal)
+    except KeyboardInterrupt as e:
+        if journal is not None:
+            e.kept = f"the images scored so far are kept in {journal.folder} (run again with --resume)"
+        raise
     finally:
         progress.close()
     extra = {"model": model.name, "model_folder": str(model.folder), "data": str(data.path),
              "sampler": plan.config.method, "steps": len(plan.timesteps), "sampler_config": asdict(plan.config),
              "seed": request.seed, "device": plan.device, "precision": plan.precision,
              "channels_last": plan.channels_last, "processes": world}
+    if journal is not None:
+        extra["resumed"] = result["resumed"]  # rows scored by earlier runs; `seconds` is this run's
     if evaluation.shard()[0] > 0:
         return EXIT_OK  # rank 0 holds the same gathered rows and writes them
     jpath, tpath = evaluation.write_report(result, output, model.name, extra, overwrite=args.overwrite)
+    if journal is not None:
+        journal.remove()  # the report holds every row now
     print(tpath.read_text())
     _say(args, f"wrote {jpath} and {tpath}")
     return EXIT_OK

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from . import metrics
+from .journal import Journal
 from ..networks.checks import InputError
 from ..sampling.diffusion import to_probabilities
 from ..files.modelfile import DEFAULT_SAMPLES
@@ -231,7 +232,8 @@ def shard() -> tuple[int, int]:
 def evaluate_predictor(predict: Predictor, images: np.ndarray, annotations: np.ndarray,
                        num_samples: int = DEFAULT_SAMPLES, batch_size: int = 1, progress: Any = False, *,
                        reference: str = metrics.DEFAULT_REFERENCE, empty: str = metrics.DEFAULT_EMPTY,
-                       ece_background: bool = True, ids: Sequence[str] | None = None) -> dict[str, Any]:
+                       ece_background: bool = True, ids: Sequence[str] | None = None,
+                       journal: Journal | None = None) -> dict[str, Any]:
     """Score ``predict`` on every image: ``{"per_image": [...], "summary": {metric: (mean, std)}}``.
 
     images (N, *S) as stored; annotations (N, A, *S). ``batch_size`` images go to ``predict`` at a time.
@@ -241,6 +243,11 @@ def evaluate_predictor(predict: Predictor, images: np.ndarray, annotations: np.n
     returns all N rows, gathered and put back in image order, so the summary is the one a single process
     computes: an image's hypotheses depend only on (seed, hypothesis), never on which process draws them.
     ``progress`` then counts this rank's images.
+
+    ``journal`` (``diffseg evaluate --resume``): the images it already holds are not scored again (rank 0
+    reads them and shares them out, so every rank splits the same remaining images), each new row is
+    kept in it as soon as it is scored, and ``resumed`` counts the rows taken from it. ``seconds`` is
+    this call's time.
     """
     images, annotations = np.asarray(images), np.asarray(annotations)
     n = len(images)
@@ -249,7 +256,15 @@ def evaluate_predictor(predict: Predictor, images: np.ndarray, annotations: np.n
     if int(num_samples) < 1:
         raise InputError("num_samples must be at least 1")
     rank, world = shard()
-    mine = list(range(rank, n, world))
+    done: dict[int, dict[str, Any]] = {}
+    if journal is not None:
+        done = journal.rows(ids) if rank == 0 else {}
+        if world > 1:
+            box = [done]
+            torch.distributed.broadcast_object_list(box, src=0)
+            done = box[0]
+        done = {i: r for i, r in done.items() if i < n}
+    mine = [i for i in range(n) if i not in done][rank::world]
     bar = None
     if progress is True:
         from tqdm import tqdm
@@ -272,6 +287,8 @@ def evaluate_predictor(predict: Predictor, images: np.ndarray, annotations: np.n
                 scores = metrics.score_image(samples[b], annotations[i], probs[b], num_classes,
                                              reference=reference, empty=empty, ece_background=ece_background)
                 rows.append({"index": i, "id": ids[i] if ids is not None else str(i), **scores})
+                if journal is not None:
+                    journal.append(rows[-1])
             if bar is not None:
                 bar.update(len(index))
                 bar.set_postfix(ged=f"{np.nanmean([r['ged'] for r in rows]):.3f}")
@@ -280,15 +297,18 @@ def evaluate_predictor(predict: Predictor, images: np.ndarray, annotations: np.n
     finally:
         if bar is not None:
             bar.close()
+        if journal is not None:
+            journal.close()
     seconds = time.perf_counter() - started
     if world > 1:
         parts: list[Any] = [None] * world
         torch.distributed.all_gather_object(parts, (rows, seconds))
         rows = sorted((r for part, _ in parts for r in part), key=lambda r: r["index"])
         seconds = max(t for _, t in parts)  # the wall clock of the slowest rank
+    rows = sorted([*rows, *done.values()], key=lambda r: r["index"])
     metric_rows = [{k: v for k, v in r.items() if k not in ("index", "id")} for r in rows]
     return {"per_image": rows, "summary": metrics.aggregate(metric_rows), "num_images": n,
-            "num_samples": int(num_samples), "seconds": seconds,
+            "num_samples": int(num_samples), "seconds": seconds, "resumed": len(done),
             "conventions": {"reference": reference, "empty": empty, "ece_background": ece_background,
                             "ece_bins": metrics.ECE_BINS, "num_samples": int(num_samples)}}
 
