@@ -44,6 +44,7 @@ class Journal:
     def __init__(self, folder: Path, run: Mapping[str, Any]):
         self.folder, self.run = Path(folder), dict(run)
         self._file: Any = None
+        self._kept: dict[int, dict[str, Any]] | None = None  # what earlier runs kept, read once
 
     @classmethod
     def open(cls, folder: str | os.PathLike, run: Mapping[str, Any]) -> "Journal":
@@ -74,21 +75,22 @@ class Journal:
 
     def rows(self, ids: Sequence[str] | None = None) -> dict[int, dict[str, Any]]:
         """Every kept row by image index (the first of any repeats). A line that does not parse, torn
-        by a kill while it was written, is skipped. InputError if a row's id is not the data's there."""
-        found: dict[int, dict[str, Any]] = {}
-        for path in sorted(self.folder.glob("rows-*.jsonl")):
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                    i = int(row["index"])
-                except (ValueError, KeyError, TypeError):
-                    continue
-                if ids is not None and (i >= len(ids) or row.get("id") != ids[i]):
-                    raise InputError(f"{path} has a row for image {i} ({row.get('id')!r}) that is not this data's "
-                                     f"({ids[i] if i < len(ids) else 'no such image'!r}); remove {self.folder} "
-                                     "to start over")
-                found.setdefault(i, row)
-        return found
+        by a kill while it was written, is skipped. InputError if a row's id is not the data's there.
+        Read from disk once, before this run appends (the command asks first, to report them before work)."""
+        if self._kept is None:
+            self._kept = {}
+            for path in sorted(self.folder.glob("rows-*.jsonl")):
+                for line in path.read_text().splitlines():
+                    try:
+                        row = json.loads(line)
+                        self._kept.setdefault(int(row["index"]), row)
+                    except (ValueError, KeyError, TypeError):
+                        continue
+        for i, row in self._kept.items():
+            if ids is not None and (i >= len(ids) or row.get("id") != ids[i]):
+                raise InputError(f"{self.folder} has a row for image {i} ({row.get('id')!r}) that is not this "
+                                 f"data's ({ids[i] if i < len(ids) else 'no such image'!r}); remove it to start over")
+        return self._kept
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Keep one scored row: written, flushed and synced before the next image starts."""
