@@ -387,13 +387,17 @@ def autocast_for(dev: torch.device, t_cfg: dict[str, Any]) -> Any:
 
 def init_from_model(net: nn.Module, folder: str | os.PathLike) -> None:
     """Warm start: copy a model folder's weights (safetensors, e.g. a shipped model) into ``net``, so
-    a longer run continues a shorter one whose checkpoints are gone. The architectures must match."""
+    a longer run continues a shorter one whose checkpoints are gone. The architectures must match,
+    except PGRD's DDS heads: they serve only the training loss (eq. 9), so a run without them (the
+    "w/o DDS" ablation, dds_weight = 0) may continue a model trained with them; they are dropped."""
     from safetensors.torch import load_file
 
     path = Path(folder) / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"model.init_from: no {path}")
     state = load_file(str(path), device="cpu")
+    if getattr(net, "dds_heads", False) is None:
+        state = {k: v for k, v in state.items() if not k.startswith("dds_heads.")}
     ref = net.state_dict()
     state = {k: v.to(ref[k].dtype) if k in ref else v for k, v in state.items()}
     missing, unexpected = net.load_state_dict(state, strict=False)

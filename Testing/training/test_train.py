@@ -80,9 +80,11 @@ def test_pgrd_diffusion_stage_loads_and_freezes_the_prior(lidc_root, prior_run):
 
 def test_a_pgrd_model_folder_continues_without_its_prior_run(lidc_root, prior_run, tmp_path):
     """Issue 15: a longer PGRD run starts from a model folder (e.g. the shipped one, whose run folders are
-    gone): prior and denoiser come from the folder, the prior stays frozen (equal after the steps), and
-    without prior_run or init_from the diffusion stage is refused before any step."""
+    gone): prior and denoiser come from the folder, the prior stays frozen (equal after the steps),
+    without prior_run or init_from the diffusion stage is refused before any step, and a run without DDS
+    heads (dds_weight 0) takes everything else from a folder trained with them."""
     from safetensors.torch import load_file
+    from training.train import init_from_model
     cfg = tiny(CONFIGS[0].with_name("pgrd-2d.toml"), lidc_root, **{"model.prior_run": str(prior_run)})
     train(cfg, tmp_path / "first", data_root=str(lidc_root), quiet=True)
     folder = export_run(tmp_path / "first", tmp_path / "model")
@@ -100,6 +102,13 @@ def test_a_pgrd_model_folder_continues_without_its_prior_run(lidc_root, prior_ru
     with pytest.raises(ValueError, match="prior_run .* or model.init_from"):
         build_task(tiny(CONFIGS[0].with_name("pgrd-2d.toml"), lidc_root, **{"model.prior_run": ""}),
                    model_config(again, ds))
+    # the w/o DDS ablation continues it: everything but the (training-only) DDS heads is copied
+    no_dds = tiny(CONFIGS[0].with_name("pgrd-2d.toml"), lidc_root,
+                  **{"model.init_from": str(folder), "model.prior_run": "", "model.config.dds_weight": 0.0})
+    net = build_task(no_dds, model_config(no_dds, ds)).net
+    assert net.dds_heads is None and any(k.startswith("dds_heads.") for k in shipped)
+    init_from_model(net, folder)
+    assert all(torch.equal(v, shipped[k].to(v.dtype)) for k, v in net.state_dict().items())
 
 
 @pytest.mark.parametrize("name", ["hsrdiff-light", "baseline-unet"])
