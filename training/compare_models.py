@@ -58,17 +58,20 @@ def paired(scores_a: list[dict[str, float]], scores_b: list[dict[str, float]]) -
 
 def paired_reports(a: str | Path, b: str | Path) -> dict[str, dict[str, float]]:
     """``paired`` over two ``diffseg evaluate`` metrics.json reports, matched by image id: the check for
-    two models scored by the same command (same images, seed and sampler settings) at different times."""
+    two models scored by the same command (same seed and sampler settings) at different times. The
+    images of one report may be a subset of the other's (a 256-slice run against a full-split report:
+    an image's hypotheses do not depend on which other images were scored); they are paired on those."""
     ra, rb = (json.loads(Path(p).read_text()) for p in (a, b))
     for key in ("seed", "num_samples", "data"):
         if ra.get(key) != rb.get(key):
             raise InputError(f"the reports differ in {key} ({ra.get(key)!r} vs {rb.get(key)!r}): not paired")
-    by_id = {r["id"]: r for r in rb["per_image"]}
-    ids = [r["id"] for r in ra["per_image"] if r["id"] in by_id]
-    if len(ids) != len(ra["per_image"]) or len(ids) != len(rb["per_image"]):
-        raise InputError("the reports score different images: not paired")
-    first = {r["id"]: r for r in ra["per_image"]}
-    return paired([first[i] for i in ids], [by_id[i] for i in ids])
+    first, second = ({r["id"]: r for r in rep["per_image"]} for rep in (ra, rb))
+    small, large = (first, second) if len(first) <= len(second) else (second, first)
+    if not set(small) <= set(large):
+        raise InputError("the reports score different images (neither's images are all in the other): "
+                         "not paired")
+    ids = list(small)
+    return paired([first[i] for i in ids], [second[i] for i in ids])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "--reports a diffseg evaluate metrics.json")
     ap.add_argument("--b", required=True, help="model folder or name (e.g. the float16 one), or a metrics.json")
     ap.add_argument("--reports", action="store_true", help="--a and --b are diffseg evaluate reports of the "
-                    "same images and seed: pair their per-image scores (no sampling)")
+                    "same seed (one's images all in the other's, e.g. 256 slices against a full split): pair their "
+                    "per-image scores on the common images (no sampling)")
     ap.add_argument("--data", help="validation npz (not with --reports)")
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--samples", type=int, default=Request.samples)

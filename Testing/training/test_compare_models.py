@@ -57,6 +57,14 @@ def test_reports_are_paired_by_image_id_and_refused_when_not_comparable(tmp_path
     assert abs(t["ged"]["mean_difference"] + 0.15) < 1e-12  # (-0.1 + -0.2) / 2, matched by id, not by order
     assert compare_models.main(["--reports", "--a", str(a), "--b", str(b)]) == 0
     assert "ged: a 0.4000, b 0.2500" in capsys.readouterr().out
+    # a subset of the other's images (a 256-slice run against a full split) is paired on the subset
+    b.write_text(json.dumps({"seed": 0, "num_samples": 16, "data": "v", "per_image": rows_b[:1]}))
+    t = compare_models.paired_reports(a, b)
+    assert t["ged"]["n"] == 1 and abs(t["ged"]["mean_difference"] + 0.2) < 1e-12 and t["ged"]["a"] == 0.3
+    rows_c = [{"id": "p3", "ged": 0.1, "hm_iou": 0.6, "dice": 0.5}]
+    b.write_text(json.dumps({"seed": 0, "num_samples": 16, "data": "v", "per_image": rows_b[:1] + rows_c}))
+    assert compare_models.main(["--reports", "--a", str(a), "--b", str(b)]) == 2
+    assert "different images" in capsys.readouterr().err
     b.write_text(json.dumps({"seed": 1, "num_samples": 16, "data": "v", "per_image": rows_b}))
     assert compare_models.main(["--reports", "--a", str(a), "--b", str(b)]) == 2
     assert "differ in seed" in capsys.readouterr().err
